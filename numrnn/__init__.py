@@ -1,0 +1,15 @@
+"""numrnn: recurrent neural networks on the CPU, Numba kernels, hand-derived BPTT."""
+import os
+
+# Numba's OpenMP workers busy-wait after each parallel region and starve the
+# BLAS threads that run the next GEMM; passive waiting avoids a 10-50x slowdown.
+# It must be set before the first parallel kernel starts the thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import heads  # noqa: E402
+from .cells import GRU, LSTM, RNN  # noqa: E402
+from .model import SequenceModel  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["RNN", "LSTM", "GRU", "SequenceModel", "heads", "__version__"]

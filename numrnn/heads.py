@@ -1,0 +1,208 @@
+"""Output heads: what is read from the top recurrent layer, and the loss.
+
+A head is a spec (its hyperparameters) with methods that take the model's
+parameter and gradient views ``p`` and ``g`` ({"W": (D, n), "b": (n,)}).
+``out`` is the top layer's output, time-major (T, B, D); its first ``split``
+features come from the forward direction, the rest from the backward one.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels.losses import softmax, softmax_cross_entropy, squared_error
+from .params import glorot_uniform
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def last_step_features(out, lengths, split):
+    """(B, D): forward features at step lengths[b]-1, backward features at step 0
+    (where the backward direction has read the whole sequence)."""
+    rows = np.arange(out.shape[1])
+    return np.concatenate([out[lengths - 1, rows, :split], out[0, :, split:]], axis=1)
+
+
+def last_step_grad(dfeatures, lengths, split, T):
+    """Scatter dL/d(features) back to dL/d(out), (T, B, D)."""
+    B, D = dfeatures.shape
+    dout = np.zeros((T, B, D), dfeatures.dtype)
+    rows = np.arange(B)
+    dout[lengths - 1, rows, :split] = dfeatures[:, :split]
+    dout[0, :, split:] += dfeatures[:, split:]
+    return dout
+
+
+class _LinearHead:
+    """Shared by the heads: a linear map D -> n with Glorot-uniform W and zero b."""
+
+    def param_shapes(self, D):
+        return {"W": (D, self.n), "b": (self.n,)}
+
+    def initialise(self, p, rng):
+        p["W"][:] = glorot_uniform(rng, p["W"].shape, p["W"].dtype)
+        p["b"][:] = 0.0
+
+    @staticmethod
+    def linear_grads(g, features, dlogits):
+        g["W"] += features.T @ dlogits
+        g["b"] += dlogits.sum(axis=0)
+
+    @staticmethod
+    def require_nonempty(lengths):
+        if lengths.size and lengths.min() < 1:
+            b = int(np.argmin(lengths))
+            raise ValueError(f"lengths[{b}] is 0, but this head reads the last step: every length must be >= 1")
+
+
+@dataclass(frozen=True)
+class Classify(_LinearHead):
+    """Classify each sequence from its last valid output; mean softmax cross-entropy.
+    Targets: int labels (B,) in [0, n)."""
+    n: int
+
+    def __post_init__(self):
+        _positive_int("n", self.n)
+
+    def check_targets(self, y, lengths, T):
+        self.require_nonempty(lengths)
+        return _check_labels(y, (lengths.shape[0],), self.n, "y")
+
+    def loss_and_grad(self, p, g, out, y, lengths, split, need_grad=True):
+        features = last_step_features(out, lengths, split)
+        logits = features @ p["W"] + p["b"]
+        B = logits.shape[0]
+        dlogits = np.empty_like(logits)
+        losses = np.empty(B, logits.dtype)
+        softmax_cross_entropy(dlogits, losses, logits, y, 1.0 / B)
+        loss = float(losses.sum(dtype=np.float64) / B)
+        if not need_grad:
+            return loss, None
+        self.linear_grads(g, features, dlogits)
+        return loss, last_step_grad(dlogits @ p["W"].T, lengths, split, out.shape[0])
+
+    def predict(self, p, out, lengths, split):
+        """Class probabilities (B, n)."""
+        self.require_nonempty(lengths)
+        logits = last_step_features(out, lengths, split) @ p["W"] + p["b"]
+        probs = np.empty_like(logits)
+        softmax(probs, logits)
+        return probs
+
+
+@dataclass(frozen=True)
+class Tag(_LinearHead):
+    """Classify every valid step: label y[b, t] is scored by the logits at step
+    t + delay, for t + delay < lengths[b]; loss = mean cross-entropy over those.
+    Targets: int labels (B, T); positions that are never scored may hold anything."""
+    n: int
+    delay: int = 0
+
+    def __post_init__(self):
+        _positive_int("n", self.n)
+        if isinstance(self.delay, bool) or not isinstance(self.delay, (int, np.integer)) or self.delay < 0:
+            raise ValueError(f"delay must be a non-negative integer, got {self.delay!r}")
+
+    def scored_positions(self, lengths, T):
+        """(steps, rows): every (t + delay, b) whose label is scored, step-major."""
+        steps, rows = np.nonzero(np.arange(T)[:, None] < lengths[None, :])
+        keep = steps >= self.delay
+        return steps[keep], rows[keep]
+
+    def check_targets(self, y, lengths, T):
+        y = _check_array_shape(y, (lengths.shape[0], T), "y")
+        steps, rows = self.scored_positions(lengths, T)
+        _check_labels(y[rows, steps - self.delay], None, self.n, "y")
+        return y.astype(np.int64, copy=False)
+
+    def loss_and_grad(self, p, g, out, y, lengths, split, need_grad=True):
+        T = out.shape[0]
+        steps, rows = self.scored_positions(lengths, T)
+        N = steps.size
+        if N == 0:
+            return 0.0, (np.zeros_like(out) if need_grad else None)
+        features = out[steps, rows]                               # (N, D)
+        logits = features @ p["W"] + p["b"]
+        dlogits = np.empty_like(logits)
+        losses = np.empty(N, logits.dtype)
+        softmax_cross_entropy(dlogits, losses, logits, np.ascontiguousarray(y[rows, steps - self.delay]), 1.0 / N)
+        loss = float(losses.sum(dtype=np.float64) / N)
+        if not need_grad:
+            return loss, None
+        self.linear_grads(g, features, dlogits)
+        dout = np.zeros_like(out)
+        dout[steps, rows] = dlogits @ p["W"].T
+        return loss, dout
+
+    def predict(self, p, out, lengths, split):
+        """Per-step class probabilities (T, B, n), 0 at padded steps. The output at
+        step s is the prediction for the label of step s - delay."""
+        T, B, D = out.shape
+        logits = out.reshape(T * B, D) @ p["W"] + p["b"]
+        probs = np.empty_like(logits)
+        softmax(probs, logits)
+        probs = probs.reshape(T, B, self.n)
+        probs[np.arange(T)[:, None] >= lengths[None, :]] = 0.0
+        return probs
+
+
+@dataclass(frozen=True)
+class Regress(_LinearHead):
+    """Regress k values from each sequence's last valid output; mean squared error
+    over the batch and the k outputs. Targets: floats (B, k)."""
+    n: int
+
+    def __post_init__(self):
+        _positive_int("n", self.n)
+
+    def check_targets(self, y, lengths, T):
+        self.require_nonempty(lengths)
+        y = _check_array_shape(y, (lengths.shape[0], self.n), "y")
+        y = np.asarray(y, dtype=np.float64)
+        if not np.isfinite(y).all():
+            raise ValueError(f"y must be finite; found {y[~np.isfinite(y)][0]!r}")
+        return y
+
+    def loss_and_grad(self, p, g, out, y, lengths, split, need_grad=True):
+        features = last_step_features(out, lengths, split)
+        pred = features @ p["W"] + p["b"]
+        B, K = pred.shape
+        dpred = np.empty_like(pred)
+        errors = np.empty(B, pred.dtype)
+        squared_error(dpred, errors, pred, y.astype(pred.dtype), 1.0 / (B * K))
+        loss = float(errors.sum(dtype=np.float64) / (B * K))
+        if not need_grad:
+            return loss, None
+        self.linear_grads(g, features, dpred)
+        return loss, last_step_grad(dpred @ p["W"].T, lengths, split, out.shape[0])
+
+    def predict(self, p, out, lengths, split):
+        """Predicted values (B, k)."""
+        self.require_nonempty(lengths)
+        return last_step_features(out, lengths, split) @ p["W"] + p["b"]
+
+
+HEADS = {"Classify": Classify, "Tag": Tag, "Regress": Regress}
+
+
+def _check_array_shape(y, shape, name):
+    y = np.asarray(y)
+    if y.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {y.shape}")
+    return y
+
+
+def _check_labels(y, shape, n, name):
+    """Integer class labels in [0, n); shape checked unless None."""
+    y = np.asarray(y)
+    if shape is not None:
+        y = _check_array_shape(y, shape, name)
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    bad = (y < 0) | (y >= n)
+    if bad.any():
+        raise ValueError(f"{name} holds label {y[bad].flat[0]!r} outside [0, {n})")
+    return y.astype(np.int64)

@@ -1,0 +1,244 @@
+"""GRU over a whole sequence, in its two forms.
+
+reset_after=False (TF GRUCell), gate order r, u; u is the keep gate:
+    r, u = σ(x_t W_g + h_{t-1} U_g + b_g)
+    c    = tanh(x_t W_c + (r h_{t-1}) U_c + b_c)
+    h_t  = u h_{t-1} + (1 - u) c
+The reset gate acts before U_c, so each step needs two recurrent GEMMs.
+
+reset_after=True (PyTorch / cuDNN / Keras), gate order r, u, c:
+    a = x_t W + b_x ;  q = h_{t-1} U + b_h
+    r = σ(a_r + q_r) ;  u = σ(a_u + q_u) ;  c = tanh(a_c + r q_c)
+    h_t = u h_{t-1} + (1 - u) c
+
+Time-major throughout. Steps at t >= lengths[b] output 0 and carry h unchanged.
+"""
+from numba import prange
+import numpy as np
+
+from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads,
+                     add_into, input_projection, jit, kernel, sigmoid, tanh)
+
+
+# ---------------------------------------------------------------- reset_after=False
+
+@jit
+def _gru_gates_forward(gates, rh, rec, h_prev, valid):
+    """First half of a step, one row: r, u = σ(gates + rec) into gates; rh = r h_{t-1}."""
+    H = h_prev.shape[0]
+    for k in range(H):
+        if not valid:
+            gates[k] = gates[H + k] = rh[k] = 0.0
+            continue
+        r = sigmoid(gates[k] + rec[k])
+        gates[k] = r
+        gates[H + k] = sigmoid(gates[H + k] + rec[H + k])
+        rh[k] = r * h_prev[k]
+
+
+@jit
+def _gru_candidate_forward(y, h_new, cand, gates, rec, h_prev, valid):
+    """Second half of a step, one row: c = tanh(cand + rec) into cand; h_t = u h + (1-u) c."""
+    H = h_prev.shape[0]
+    for k in range(H):
+        if not valid:
+            cand[k] = 0.0
+            h_new[k] = h_prev[k]
+            y[k] = 0.0
+            continue
+        c = tanh(cand[k] + rec[k])
+        u = gates[H + k]
+        cand[k] = c
+        h_new[k] = u * h_prev[k] + (1.0 - u) * c
+        y[k] = h_new[k]
+
+
+@kernel
+def gru_forward(y, h, gates, cand, rh, x, W_g, U_g, b_g, W_c, U_c, b_c, lengths, rec_g, rec_c):
+    """Forward pass of the TF GRUCell over a whole sequence.
+
+    Args:
+        y: (T, B, H) out: outputs, 0 at padded steps.
+        h: (T+1, B, H) in/out: h[0] is the initial state, h[t+1] the state after step t.
+        gates: (T, B, 2H) out: σ(r), σ(u).  cand: (T, B, H) out: the candidate c.
+        rh: (T, B, H) out: r h_{t-1}, the input of U_c.   All three are saved for backward.
+        x: (T, B, F).  W_g (F, 2H), U_g (H, 2H), b_g (2H,), W_c (F, H), U_c (H, H), b_c (H,).
+        lengths: (B,) int.  rec_g: (B, 2H), rec_c: (B, H) workspaces.
+
+    Notes:
+        tf.compat.v1.nn.rnn_cell.GRUCell (Cho et al. 2014).
+    """
+    T, B, _ = x.shape
+    input_projection(gates, x, W_g, b_g)
+    input_projection(cand, x, W_c, b_c)
+    for t in range(T):
+        np.dot(h[t], U_g, rec_g)
+        for row in prange(B):
+            _gru_gates_forward(gates[t, row], rh[t, row], rec_g[row], h[t, row], t < lengths[row])
+        np.dot(rh[t], U_c, rec_c)
+        for row in prange(B):
+            _gru_candidate_forward(y[t, row], h[t + 1, row], cand[t, row], gates[t, row], rec_c[row],
+                                   h[t, row], t < lengths[row])
+
+
+@jit
+def _gru_candidate_backward(dz_c, dz_g, dh_carry, dh_rec, dy, gates, cand, h_prev, valid):
+    """First half of a step backward, one row: from dL/dh_t to dz_c and dz_u.
+    dh_carry leaves holding the direct part u dL/dh_t of dL/dh_{t-1}."""
+    H = h_prev.shape[0]
+    for k in range(H):
+        g = dh_carry[k] + dh_rec[k]
+        if not valid:
+            dz_c[k] = dz_g[k] = dz_g[H + k] = 0.0
+            dh_carry[k] = g
+            continue
+        g += dy[k]
+        u, c = gates[H + k], cand[k]
+        dz_c[k] = g * (1.0 - u) * (1.0 - c * c)
+        dz_g[H + k] = g * (h_prev[k] - c) * u * (1.0 - u)
+        dh_carry[k] = g * u
+
+
+@jit
+def _gru_gates_backward(dz_g, dh_carry, d_rh, gates, h_prev, valid):
+    """Second half of a step backward, one row: from dL/d(r h) to dz_r and dL/dh_{t-1}."""
+    H = h_prev.shape[0]
+    if not valid:
+        return
+    for k in range(H):
+        r = gates[k]
+        dz_g[k] = d_rh[k] * h_prev[k] * r * (1.0 - r)
+        dh_carry[k] += d_rh[k] * r
+
+
+@kernel
+def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dy, dhT, h, gates, cand, rh,
+                 x, W_g, U_g, W_c, U_c, lengths, need_dx, dz_g, dz_c, dh_carry, dh_rec, d_rh):
+    """Backpropagation through time for the TF GRUCell; accumulates (+=) into dx and
+    the parameter gradients, writes dh0.
+
+    Args:
+        dx: (T, B, F) += dL/dx when need_dx.  dh0: (B, H) out.
+        dy: (T, B, H).  dhT: (B, H) dL/d(final state).
+        h, gates, cand, rh: saved by gru_forward.
+        dz_g: (T, B, 2H), dz_c: (T, B, H), dh_carry, dh_rec, d_rh: (B, H) workspaces.
+    """
+    T, B, _ = x.shape
+    dh_carry[:] = dhT
+    dh_rec[:] = 0.0
+    for t in range(T - 1, -1, -1):
+        for row in prange(B):
+            _gru_candidate_backward(dz_c[t, row], dz_g[t, row], dh_carry[row], dh_rec[row], dy[t, row],
+                                    gates[t, row], cand[t, row], h[t, row], t < lengths[row])
+        np.dot(dz_c[t], U_c.T, d_rh)
+        for row in prange(B):
+            _gru_gates_backward(dz_g[t, row], dh_carry[row], d_rh[row], gates[t, row], h[t, row],
+                                t < lengths[row])
+        np.dot(dz_g[t], U_g.T, dh_rec)
+    dh0[:] = dh_carry
+    add_into(dh0, dh_rec)
+    accumulate_weight_grads(dW_g, x, dz_g)
+    accumulate_weight_grads(dU_g, h[:T], dz_g)
+    accumulate_bias_grads(db_g, dz_g)
+    accumulate_weight_grads(dW_c, x, dz_c)
+    accumulate_weight_grads(dU_c, rh, dz_c)
+    accumulate_bias_grads(db_c, dz_c)
+    if need_dx:
+        accumulate_input_grads(dx, dz_g, W_g)
+        accumulate_input_grads(dx, dz_c, W_c)
+
+
+# ---------------------------------------------------------------- reset_after=True
+
+@jit
+def _gru_ra_step_forward(y, h_new, gates, q_c, rec, b_h, h_prev, valid):
+    """One row of one step. gates holds x W + b_x on entry and σ(r), σ(u), c on exit;
+    q_c receives h_{t-1} U_c + b_h,c, which backward needs for dr."""
+    H = h_prev.shape[0]
+    for k in range(H):
+        if not valid:
+            gates[k] = gates[H + k] = gates[2 * H + k] = q_c[k] = 0.0
+            h_new[k] = h_prev[k]
+            y[k] = 0.0
+            continue
+        r = sigmoid(gates[k] + rec[k] + b_h[k])
+        u = sigmoid(gates[H + k] + rec[H + k] + b_h[H + k])
+        q = rec[2 * H + k] + b_h[2 * H + k]
+        c = tanh(gates[2 * H + k] + r * q)
+        gates[k], gates[H + k], gates[2 * H + k], q_c[k] = r, u, c, q
+        h_new[k] = u * h_prev[k] + (1.0 - u) * c
+        y[k] = h_new[k]
+
+
+@kernel
+def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, lengths, rec):
+    """Forward pass of the reset-after GRU over a whole sequence.
+
+    Args:
+        y: (T, B, H) out.  h: (T+1, B, H) in/out, h[0] the initial state.
+        gates: (T, B, 3H) out: σ(r), σ(u), c.  q_c: (T, B, H) out: h_{t-1} U_c + b_h,c.
+        x: (T, B, F).  W (F, 3H), U (H, 3H), b_x (3H,), b_h (3H,).
+        lengths: (B,) int.  rec: (B, 3H) workspace.
+
+    Notes:
+        torch.nn.GRU (gates r, z, n = our r, u, c), cuDNN, Keras GRU(reset_after=True).
+    """
+    T, B, _ = x.shape
+    input_projection(gates, x, W, b_x)
+    for t in range(T):
+        np.dot(h[t], U, rec)
+        for row in prange(B):
+            _gru_ra_step_forward(y[t, row], h[t + 1, row], gates[t, row], q_c[t, row], rec[row], b_h,
+                                 h[t, row], t < lengths[row])
+
+
+@jit
+def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, valid):
+    """One row of one step: from dL/dh_t to da = dL/da and dq = dL/dq;
+    dh_carry leaves holding the direct part u dL/dh_t of dL/dh_{t-1}."""
+    H = h_prev.shape[0]
+    for k in range(H):
+        g = dh_carry[k] + dh_rec[k]
+        if not valid:
+            da[k] = da[H + k] = da[2 * H + k] = 0.0
+            dq[k] = dq[H + k] = dq[2 * H + k] = 0.0
+            dh_carry[k] = g
+            continue
+        g += dy[k]
+        r, u, c = gates[k], gates[H + k], gates[2 * H + k]
+        dz_c = g * (1.0 - u) * (1.0 - c * c)
+        dz_r = dz_c * q_c[k] * r * (1.0 - r)
+        dz_u = g * (h_prev[k] - c) * u * (1.0 - u)
+        da[k], da[H + k], da[2 * H + k] = dz_r, dz_u, dz_c
+        dq[k], dq[H + k], dq[2 * H + k] = dz_r, dz_u, dz_c * r
+        dh_carry[k] = g * u
+
+
+@kernel
+def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U, lengths, need_dx,
+                    da, dq, dh_carry, dh_rec):
+    """Backpropagation through time for the reset-after GRU; accumulates (+=) into dx
+    and the parameter gradients, writes dh0.
+
+    Args:
+        dx: (T, B, F) += dL/dx when need_dx.  dh0: (B, H) out.
+        dy: (T, B, H).  dhT: (B, H) dL/d(final state).
+        h, gates, q_c: saved by gru_ra_forward.
+        da, dq: (T, B, 3H), dh_carry, dh_rec: (B, H) workspaces.
+    """
+    T, B, _ = x.shape
+    dh_carry[:] = dhT
+    dh_rec[:] = 0.0
+    for t in range(T - 1, -1, -1):
+        for row in prange(B):
+            _gru_ra_step_backward(da[t, row], dq[t, row], dh_carry[row], dh_rec[row], dy[t, row],
+                                  gates[t, row], q_c[t, row], h[t, row], t < lengths[row])
+        np.dot(dq[t], U.T, dh_rec)
+    dh0[:] = dh_carry
+    add_into(dh0, dh_rec)
+    accumulate_weight_grads(dW, x, da)
+    accumulate_bias_grads(db_x, da)
+    accumulate_weight_grads(dU, h[:T], dq)
+    accumulate_bias_grads(db_h, dq)
+    if need_dx:
+        accumulate_input_grads(dx, da, W)

@@ -1,0 +1,274 @@
+"""SequenceModel: stacked, optionally bidirectional recurrent layers and a head.
+
+User-facing arrays are batch-major (B, T, F) unless ``time_major=True``;
+internally everything is time-major (T, B, F).
+"""
+import numpy as np
+
+from . import heads as heads_module
+from .kernels.common import reverse_within_lengths
+from .layers import make_layer
+from .params import ParamLayout
+
+DTYPES = {np.dtype(np.float32), np.dtype(np.float64)}
+
+
+class SequenceModel:
+    """A stack of recurrent layers (TF MultiRNNCell) with a head.
+
+    Args:
+        input_size: features per step, F.
+        layers: list of specs (``nr.RNN``, ``nr.LSTM``, ``nr.GRU``); sizes may differ.
+        bidirectional: each layer runs a forward and a backward direction (the
+            backward one reads each sequence reversed within its length) and
+            outputs their concatenation [fw, bw].
+        head: ``nr.heads.Classify(n)``, ``Tag(n, delay)`` or ``Regress(k)``.
+        dtype: np.float32 (default) or np.float64.
+        seed: seeds the initialisation (and later the dropout masks).
+
+    Initialisation: input kernels Glorot-uniform, recurrent kernels orthogonal
+    per gate block, biases 0 except the TF GRUCell gate bias b_g = 1.0; the
+    head's W Glorot-uniform, b 0.
+    """
+
+    def __init__(self, input_size, layers, bidirectional=False, head=None, dtype=np.float32, seed=0):
+        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 1:
+            raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError(f"layers must be a non-empty list of cell specs, got {layers!r}")
+        if not isinstance(bidirectional, bool):
+            raise ValueError(f"bidirectional must be True or False, got {bidirectional!r}")
+        if not isinstance(head, tuple(heads_module.HEADS.values())):
+            raise ValueError(f"head must be nr.heads.Classify, Tag or Regress, got {head!r}")
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+
+        self.input_size = int(input_size)
+        self.specs = list(layers)
+        self.bidirectional = bidirectional
+        self.head = head
+        self.dtype = dtype
+        self.seed = seed
+        self.directions = ("fw", "bw") if bidirectional else ("fw",)
+
+        layout = ParamLayout()
+        self.layers = []                     # one {direction: layer} per level
+        size = self.input_size
+        for k, spec in enumerate(self.specs):
+            level = {d: make_layer(spec, size, dtype) for d in self.directions}
+            for d, layer in level.items():
+                for name, shape in layer.param_shapes().items():
+                    layout.add(f"layers.{k}.{d}.{name}", shape)
+            self.layers.append(level)
+            size = spec.hidden * len(self.directions)
+        self.output_size = size
+        for name, shape in head.param_shapes(size).items():
+            layout.add(f"head.{name}", shape)
+
+        self.layout = layout
+        self.params = np.zeros(layout.size, dtype)
+        self.grads = np.zeros(layout.size, dtype)
+        self._bind()
+        self.initialise(seed)
+
+    def _bind(self):
+        pv, gv = self.layout.views(self.params), self.layout.views(self.grads)
+        for k, level in enumerate(self.layers):
+            for d, layer in level.items():
+                prefix = f"layers.{k}.{d}."
+                layer.bind({n[len(prefix):]: v for n, v in pv.items() if n.startswith(prefix)},
+                           {n[len(prefix):]: v for n, v in gv.items() if n.startswith(prefix)})
+        self.head_params = {n[5:]: v for n, v in pv.items() if n.startswith("head.")}
+        self.head_grads = {n[5:]: v for n, v in gv.items() if n.startswith("head.")}
+
+    def initialise(self, seed):
+        """(Re)draw every parameter from ``np.random.default_rng(seed)``."""
+        rng = np.random.default_rng(seed)
+        for level in self.layers:
+            for layer in level.values():
+                layer.initialise(rng)
+        self.head.initialise(self.head_params, rng)
+
+    def named_params(self):
+        """{name: view into params}, names as in DESIGN.md §4."""
+        return self.layout.views(self.params)
+
+    def named_grads(self):
+        """{name: view into grads}, same names as named_params."""
+        return self.layout.views(self.grads)
+
+    @property
+    def state_shapes(self):
+        """{state name: (hidden,)} for every layer and direction."""
+        return {f"layers.{k}.{d}.{s}": (layer.hidden,)
+                for k, level in enumerate(self.layers) for d, layer in level.items()
+                for s in layer.state_names}
+
+    # ------------------------------------------------------------------ input checks
+
+    def _prepare(self, x, lengths, initial_state, time_major):
+        """Validate; return time-major x (T, B, F), int64 lengths (B,), full state dict."""
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(f"x must have rank 3 ({'(T, B, F)' if time_major else '(B, T, F)'}), "
+                             f"got shape {x.shape}")
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise ValueError(f"x must hold numbers, got dtype {x.dtype}")
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"x has {x.shape[2]} features per step, but input_size is {self.input_size}")
+        x = np.ascontiguousarray(x if time_major else x.transpose(1, 0, 2), dtype=self.dtype)
+        T, B, _ = x.shape
+        if T < 1 or B < 1:
+            raise ValueError(f"x must hold at least one step and one sequence, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            t, b = int(bad[0]), int(bad[1])
+            raise ValueError(f"x holds a non-finite value {x[t, b, bad[2]]!r} in sequence {b} at step {t}")
+        lengths = check_lengths(lengths, B, T)
+        return x, lengths, self._initial_state(initial_state, B)
+
+    def _initial_state(self, initial_state, B):
+        shapes = self.state_shapes
+        state = {name: np.zeros((B,) + shape, self.dtype) for name, shape in shapes.items()}
+        for name, value in (initial_state or {}).items():
+            if name not in shapes:
+                raise ValueError(f"initial_state has unknown key {name!r}; expected keys {sorted(shapes)}")
+            value = np.asarray(value)
+            if value.shape != (B,) + shapes[name]:
+                raise ValueError(f"initial_state[{name!r}] must have shape {(B,) + shapes[name]}, "
+                                 f"got {value.shape}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"initial_state[{name!r}] holds non-finite values")
+            state[name][:] = value
+        return state
+
+    # ------------------------------------------------------------------ passes
+
+    def _forward(self, x, lengths, state):
+        """Run every layer on time-major x; returns the top output (T, B, D)."""
+        inp = x
+        for k, level in enumerate(self.layers):
+            outs = []
+            for d, layer in level.items():
+                s0 = {s: state[f"layers.{k}.{d}.{s}"] for s in layer.state_names}
+                if d == "fw":
+                    outs.append(layer.forward(inp, lengths, s0))
+                else:
+                    y = layer.forward(reverse(inp, lengths), lengths, s0)
+                    outs.append(reverse(y, lengths))
+            inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
+        return inp
+
+    def _backward(self, dout, lengths, need_dx):
+        """Backpropagate dL/d(top output); returns (dx or None, dL/d initial state)."""
+        dstate = {}
+        for k in range(len(self.layers) - 1, -1, -1):
+            level = self.layers[k]
+            dinp = None
+            offset = 0
+            for d, layer in level.items():
+                H = layer.hidden
+                dy = np.ascontiguousarray(dout[:, :, offset:offset + H])
+                offset += H
+                if d == "bw":
+                    dy = reverse(dy, lengths)
+                zero_T = {s: np.zeros((dy.shape[1], H), self.dtype) for s in layer.state_names}
+                dx, ds0 = layer.backward(dy, zero_T, need_dx or k > 0)
+                for s, v in ds0.items():
+                    dstate[f"layers.{k}.{d}.{s}"] = v
+                if dx is not None:
+                    dx = reverse(dx, lengths) if d == "bw" else dx
+                    dinp = dx if dinp is None else dinp + dx
+            dout = dinp
+        return dout, dstate
+
+    def _final_state(self, lengths):
+        return {f"layers.{k}.{d}.{s}": v
+                for k, level in enumerate(self.layers) for d, layer in level.items()
+                for s, v in layer.final_state().items()}
+
+    def _from_time_major(self, a, time_major):
+        return a if time_major else np.ascontiguousarray(a.transpose(1, 0, 2))
+
+    # ------------------------------------------------------------------ public API
+
+    def forward(self, x, lengths=None, initial_state=None, time_major=False):
+        """Top recurrent layer's outputs and every layer's final state.
+
+        Returns ``(out, final_state)``: out (B, T, D) (or (T, B, D) time-major),
+        exactly 0 at t >= lengths[b]; final_state {"layers.k.fw.h": (B, H), ...}.
+        """
+        x, lengths, state = self._prepare(x, lengths, initial_state, time_major)
+        out = self._forward(x, lengths, state)
+        return self._from_time_major(out.copy(), time_major), self._final_state(lengths)
+
+    def loss(self, x, y, lengths=None, label_lengths=None, initial_state=None, time_major=False):
+        """The head's loss (float); no gradient."""
+        x, lengths, state = self._prepare(x, lengths, initial_state, time_major)
+        y = self.head.check_targets(y, lengths, x.shape[0])
+        out = self._forward(x, lengths, state)
+        loss, _ = self.head.loss_and_grad(self.head_params, None, out, y, lengths, self._split, need_grad=False)
+        return loss
+
+    def loss_and_grad(self, x, y, lengths=None, label_lengths=None, initial_state=None, time_major=False,
+                      train=True, input_grads=False):
+        """The head's loss; writes d loss / d params into ``self.grads``.
+
+        With ``input_grads=True`` returns ``(loss, dx, dstate)``: dx shaped like x,
+        dstate {state name: dL/d initial state}.
+        """
+        x, lengths, state = self._prepare(x, lengths, initial_state, time_major)
+        y = self.head.check_targets(y, lengths, x.shape[0])
+        out = self._forward(x, lengths, state)
+        self.grads[:] = 0.0
+        loss, dout = self.head.loss_and_grad(self.head_params, self.head_grads, out, y, lengths, self._split)
+        dx, dstate = self._backward(dout, lengths, input_grads)
+        if not input_grads:
+            return loss
+        return loss, self._from_time_major(dx, time_major), dstate
+
+    def predict(self, x, lengths=None, time_major=False):
+        """Classify: probabilities (B, n). Tag: per-step probabilities (B, T, n)
+        (time-major (T, B, n)), 0 at padded steps. Regress: values (B, k)."""
+        x, lengths, state = self._prepare(x, lengths, None, time_major)
+        out = self._forward(x, lengths, state)
+        pred = self.head.predict(self.head_params, out, lengths, self._split)
+        if isinstance(self.head, heads_module.Tag):
+            pred = self._from_time_major(pred, time_major)
+        return pred
+
+    @property
+    def _split(self):
+        """Features of the top output that come from the forward direction."""
+        return self.specs[-1].hidden
+
+    def __repr__(self):
+        return (f"SequenceModel(input_size={self.input_size}, layers={self.specs}, "
+                f"bidirectional={self.bidirectional}, head={self.head}, dtype={self.dtype.name}, "
+                f"params={self.params.size})")
+
+
+def reverse(x, lengths):
+    """Reverse each sequence of time-major x (T, B, F) within its length; padding stays 0."""
+    return reverse_within_lengths(np.empty_like(x), x, lengths)
+
+
+def check_lengths(lengths, B, T):
+    """int64 (B,) lengths in [0, T]; None means all T."""
+    if lengths is None:
+        return np.full(B, T, np.int64)
+    arr = np.asarray(lengths)
+    if arr.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), one per sequence, got {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise ValueError(f"lengths must be integers, got {arr!r}")
+    bad = np.flatnonzero((arr < 0) | (arr > T))
+    if bad.size:
+        b = int(bad[0])
+        raise ValueError(f"lengths[{b}] = {arr[b]!r} is outside [0, {T}] (T = {T})")
+    return arr.astype(np.int64)

@@ -1,0 +1,1 @@
+"""The `numrnn` command line (installed as the package numrnn_cli)."""

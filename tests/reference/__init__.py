@@ -1,0 +1,1 @@
+"""Slow, obvious pure-NumPy references that the fast kernels are tested against."""

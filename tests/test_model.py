@@ -1,0 +1,139 @@
+"""SequenceModel.loss_and_grad against central finite differences of SequenceModel.loss
+(float64), for every parameter, the inputs and the initial state; padded steps and
+repeated calls."""
+import numpy as np
+import pytest
+
+from conftest import CELLS, HEADS, LENGTHS, STACKS, build_model, central_differences, make_batch, \
+    relative_error, relu_margin
+
+EPS = 1e-5     # central differences: rounding ~1e-16/EPS, truncation ~EPS**2
+TOL = 1e-6
+
+
+def fd_problem(cell, stack, bidirectional, head, lengths_kind):
+    """Model and batch; for ReLU, the first seed whose pre-activations all stay
+    well away from the kink (a perturbation of EPS moves them by ~1e-4 at most)."""
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        model = build_model(cell, stack, bidirectional, head, seed=seed)
+        x, y, lengths, state = make_batch(rng, model, lengths_kind)
+        if cell != "rnn_relu" or relu_margin(model, x, lengths, state) > 1e-3:
+            return model, x, y, lengths, state
+    raise AssertionError("no seed keeps the ReLU pre-activations away from 0")
+
+
+def numeric_gradients(model, x, y, lengths, state):
+    """{name: d loss / d tensor} by central differences: every parameter, "x" and
+    "state.<name>" for every initial state tensor (perturbed in place)."""
+    loss = lambda: model.loss(x, y, lengths=lengths, initial_state=state)  # noqa: E731
+    grads = {name: central_differences(loss, view, EPS) for name, view in model.named_params().items()}
+    grads["x"] = central_differences(loss, x, EPS)
+    grads.update({f"state.{name}": central_differences(loss, v, EPS) for name, v in state.items()})
+    return grads
+
+
+def analytic_gradients(model, x, y, lengths, state):
+    loss, dx, dstate = model.loss_and_grad(x, y, lengths=lengths, initial_state=state, input_grads=True)
+    grads = {name: g.copy() for name, g in model.named_grads().items()}
+    grads["x"] = dx
+    grads.update({f"state.{name}": g for name, g in dstate.items()})
+    return loss, grads
+
+
+@pytest.mark.parametrize("lengths_kind", list(LENGTHS))
+@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("stack", list(STACKS))
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_gradients_match_finite_differences(cell, stack, bidirectional, head, lengths_kind):
+    model, x, y, lengths, state = fd_problem(cell, stack, bidirectional, head, lengths_kind)
+    loss, analytic = analytic_gradients(model, x, y, lengths, state)
+    assert loss == pytest.approx(model.loss(x, y, lengths=lengths, initial_state=state), rel=1e-12, abs=1e-15)
+    numeric = numeric_gradients(model, x, y, lengths, state)
+    assert sorted(analytic) == sorted(numeric), "dstate must have a key per initial state tensor"
+    errors = {name: relative_error(numeric[name], analytic[name]) for name in numeric}
+    bad = {name: f"{e:.2e}" for name, e in errors.items() if not e < TOL}
+    assert not bad, f"relative gradient errors above {TOL}: {bad}"
+
+
+# ----------------------------------------------------------------------------- padded steps
+
+def padded_steps(lengths, T):
+    return np.arange(T)[None, :] >= np.asarray(lengths)[:, None]      # (B, T)
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_padded_steps_pass_no_gradient(cell, bidirectional, head, rng):
+    model = build_model(cell, "2layers", bidirectional, head)
+    x, y, lengths, state = make_batch(rng, model, "mixed")
+    loss, dx, dstate = model.loss_and_grad(x, y, lengths=lengths, initial_state=state, input_grads=True)
+    grads = model.grads.copy()
+    pad = padded_steps(lengths, x.shape[1])
+    assert (dx[pad] == 0.0).all(), "dx at t >= lengths[b] must be exactly 0"
+
+    # Garbage at padded positions of x (and of the labels, for Tag) changes nothing.
+    x2, y2 = x.copy(), np.copy(y)
+    x2[pad] = rng.standard_normal(x2[pad].shape) * 100.0
+    if y2.ndim == 2 and y2.dtype.kind == "i":
+        y2[pad] = (y2[pad] + 1) % model.head.n
+    loss2, dx2, dstate2 = model.loss_and_grad(x2, y2, lengths=lengths, initial_state=state, input_grads=True)
+    assert loss2 == loss
+    np.testing.assert_array_equal(model.grads, grads)
+    np.testing.assert_array_equal(dx2, dx)
+    for name in dstate:
+        np.testing.assert_array_equal(dstate2[name], dstate[name], err_msg=name)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_tag_unscored_labels_change_nothing(bidirectional, rng):
+    """With delay d, labels y[b, t] for t + d >= lengths[b] are never scored."""
+    model = build_model("gru", "2layers", bidirectional, "tag_delay1")
+    x, y, lengths, state = make_batch(rng, model, "mixed")
+    loss = model.loss_and_grad(x, y, lengths=lengths, initial_state=state)
+    grads = model.grads.copy()
+    y2 = y.copy()
+    unscored = padded_steps(lengths - model.head.delay, x.shape[1])
+    y2[unscored] = (y2[unscored] + 1) % model.head.n
+    assert model.loss_and_grad(x, y2, lengths=lengths, initial_state=state) == loss
+    np.testing.assert_array_equal(model.grads, grads)
+
+
+def test_empty_sequences_get_zero_gradients(rng):
+    """A length-0 sequence's final state is its initial state, so with a Tag head
+    (no scored steps) its dstate and dx rows are exactly 0."""
+    model = build_model("lstm", "2layers", True, "tag")
+    x, y, lengths, state = make_batch(rng, model, "mixed")
+    empty = lengths == 0
+    _, dx, dstate = model.loss_and_grad(x, y, lengths=lengths, initial_state=state, input_grads=True)
+    assert (dx[empty] == 0.0).all()
+    for name, g in dstate.items():
+        assert (g[empty] == 0.0).all(), name
+
+
+# ----------------------------------------------------------------------------- repeated calls
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_grads_are_overwritten_not_accumulated(cell, rng):
+    model = build_model(cell, "2layers", True, "tag")
+    x, y, lengths, state = make_batch(rng, model, "mixed")
+    other_x, other_y, _, _ = make_batch(rng, model, "mixed")
+    loss = model.loss_and_grad(x, y, lengths=lengths, initial_state=state)
+    first = model.grads.copy()
+    assert np.abs(first).max() > 0
+    model.loss_and_grad(other_x, other_y, lengths=lengths)
+    assert model.loss_and_grad(x, y, lengths=lengths, initial_state=state) == loss
+    np.testing.assert_array_equal(model.grads, first)
+    assert model.loss_and_grad(x, y, lengths=lengths, initial_state=state) == loss
+    np.testing.assert_array_equal(model.grads, first)
+
+
+def test_named_views_share_the_flat_buffers():
+    model = build_model("lstm", "2layers", True, "classify")
+    for name, view in model.named_params().items():
+        assert np.shares_memory(view, model.params), name
+    for name, view in model.named_grads().items():
+        assert np.shares_memory(view, model.grads), name
+    assert sum(v.size for v in model.named_params().values()) == model.params.size

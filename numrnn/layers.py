@@ -28,7 +28,13 @@ class Recurrent:
 
     @property
     def output_size(self):
-        return self.hidden
+        """Features of the output and of the recurrent state h (LSTM: proj or hidden)."""
+        return self.spec.output_size
+
+    @property
+    def state_sizes(self):
+        """{state name: size}: h is output_size, an LSTM's c is hidden."""
+        return {name: (self.hidden if name == "c" else self.output_size) for name in self.state_names}
 
     def bind(self, params, grads):
         """params, grads: {short name: view} into the model's flat buffers."""
@@ -40,9 +46,11 @@ class Recurrent:
             self._shape = (T, B)
         return self.ws
 
-    def forward(self, x, lengths, state0):
-        """x: (T, B, F); state0: {state name: (B, H)}. Returns y (T, B, H); saves
-        what backward needs. ``final_state()`` gives the state after each length."""
+    def forward(self, x, lengths, state0, state_mask=None):
+        """x: (T, B, F); state0: {state name: (B, size)}; state_mask: None or
+        (T, B, R) dropout mask of the state passed from step t to t+1.
+        Returns y (T, B, R); saves what backward needs. ``final_state()`` gives
+        the state after each length."""
         T, B, _ = x.shape
         ws = self._ensure_workspaces(T, B)
         ws["h"][0] = state0["h"]
@@ -61,7 +69,7 @@ class Recurrent:
         {state name: dL/d initial state})."""
         T, B, F = self.x.shape
         dx = np.zeros((T, B, F), self.dtype) if need_dx else np.zeros((1, 1, 1), self.dtype)
-        dstate0 = {name: np.zeros((B, self.hidden), self.dtype) for name in self.state_names}
+        dstate0 = {name: np.zeros((B, size), self.dtype) for name, size in self.state_sizes.items()}
         self._backward(dx, dstate0, dy, dstate_T, need_dx)
         return (dx if need_dx else None), dstate0
 

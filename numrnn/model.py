@@ -6,6 +6,7 @@ internally everything is time-major (T, B, F).
 import numpy as np
 
 from . import heads as heads_module
+from .cells import Dropout
 from .kernels.common import reverse_within_lengths
 from .layers import make_layer
 from .params import ParamLayout
@@ -23,15 +24,18 @@ class SequenceModel:
             backward one reads each sequence reversed within its length) and
             outputs their concatenation [fw, bw].
         head: ``nr.heads.Classify(n)``, ``Tag(n, delay)`` or ``Regress(k)``.
+        dropout: ``nr.Dropout(...)`` or None; applied by ``loss_and_grad(train=True)`` only.
         dtype: np.float32 (default) or np.float64.
-        seed: seeds the initialisation (and later the dropout masks).
+        seed: seeds the initialisation and ``self.rng``, the generator of the
+            dropout masks (its state is part of a training checkpoint).
 
     Initialisation: input kernels Glorot-uniform, recurrent kernels orthogonal
     per gate block, biases 0 except the TF GRUCell gate bias b_g = 1.0; the
     head's W Glorot-uniform, b 0.
     """
 
-    def __init__(self, input_size, layers, bidirectional=False, head=None, dtype=np.float32, seed=0):
+    def __init__(self, input_size, layers, bidirectional=False, head=None, dropout=None, dtype=np.float32,
+                 seed=0):
         if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 1:
             raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
         if not isinstance(layers, (list, tuple)) or not layers:
@@ -40,6 +44,8 @@ class SequenceModel:
             raise ValueError(f"bidirectional must be True or False, got {bidirectional!r}")
         if not isinstance(head, tuple(heads_module.HEADS.values())):
             raise ValueError(f"head must be nr.heads.Classify, Tag or Regress, got {head!r}")
+        if dropout is not None and not isinstance(dropout, Dropout):
+            raise ValueError(f"dropout must be nr.Dropout(...) or None, got {dropout!r}")
         try:
             dtype = np.dtype(dtype)
         except TypeError:
@@ -51,8 +57,11 @@ class SequenceModel:
         self.specs = list(layers)
         self.bidirectional = bidirectional
         self.head = head
+        self.dropout = dropout
         self.dtype = dtype
         self.seed = seed
+        self.rng = np.random.default_rng([seed, 1])   # dropout masks; apart from the init stream
+        self.dropout_masks = {}
         self.directions = ("fw", "bw") if bidirectional else ("fw",)
 
         layout = ParamLayout()
@@ -64,7 +73,7 @@ class SequenceModel:
                 for name, shape in layer.param_shapes().items():
                     layout.add(f"layers.{k}.{d}.{name}", shape)
             self.layers.append(level)
-            size = spec.hidden * len(self.directions)
+            size = level["fw"].output_size * len(self.directions)
         self.output_size = size
         for name, shape in head.param_shapes(size).items():
             layout.add(f"head.{name}", shape)
@@ -103,10 +112,10 @@ class SequenceModel:
 
     @property
     def state_shapes(self):
-        """{state name: (hidden,)} for every layer and direction."""
-        return {f"layers.{k}.{d}.{s}": (layer.hidden,)
+        """{state name: (size,)} for every layer and direction (LSTM c: hidden, h: proj or hidden)."""
+        return {f"layers.{k}.{d}.{s}": (size,)
                 for k, level in enumerate(self.layers) for d, layer in level.items()
-                for s in layer.state_names}
+                for s, size in layer.state_sizes.items()}
 
     # ------------------------------------------------------------------ input checks
 
@@ -148,20 +157,47 @@ class SequenceModel:
 
     # ------------------------------------------------------------------ passes
 
-    def _forward(self, x, lengths, state):
-        """Run every layer on time-major x; returns the top output (T, B, D)."""
+    def _forward(self, x, lengths, state, train=False):
+        """Run every layer on time-major x; returns the top output (T, B, D).
+
+        With ``train`` and dropout, masks are drawn from ``self.rng`` into
+        ``self.dropout_masks`` and reused by the backward pass.
+        """
+        self.dropout_masks = {}
         inp = x
         for k, level in enumerate(self.layers):
             outs = []
             for d, layer in level.items():
-                s0 = {s: state[f"layers.{k}.{d}.{s}"] for s in layer.state_names}
+                name = f"layers.{k}.{d}"
+                masks = self._draw_masks(name, inp.shape, layer) if train else {}
+                self.dropout_masks.update({f"{name}.{kind}": m for kind, m in masks.items()})
+                s0 = {s: state[f"{name}.{s}"] for s in layer.state_names}
+                layer_in = inp * masks["input"] if "input" in masks else inp
                 if d == "fw":
-                    outs.append(layer.forward(inp, lengths, s0))
+                    y = layer.forward(layer_in, lengths, s0, masks.get("state"))
                 else:
-                    y = layer.forward(reverse(inp, lengths), lengths, s0)
-                    outs.append(reverse(y, lengths))
+                    y = reverse(layer.forward(reverse(layer_in, lengths), lengths, s0, masks.get("state")), lengths)
+                outs.append(y * masks["output"] if "output" in masks else y)
             inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
         return inp
+
+    def _draw_masks(self, name, input_shape, layer):
+        """{"input": (T, B, F), "state": (T, B, R), "output": (T, B, R)} for the
+        keeps below 1: values 0 or 1/keep. The state mask is indexed by the
+        direction's own step (the bw direction's step t reads x[lengths-1-t])."""
+        drop = self.dropout
+        if drop is None:
+            return {}
+        T, B, F = input_shape
+        R = layer.output_size
+        masks = {}
+        for kind, keep, n in (("input", drop.input_keep, F), ("state", drop.state_keep, R),
+                              ("output", drop.output_keep, R)):
+            if keep < 1.0:
+                steps = 1 if drop.variational else T
+                kept = self.rng.random((steps, B, n)) < keep
+                masks[kind] = np.broadcast_to(kept * self.dtype.type(1.0 / keep), (T, B, n)).astype(self.dtype)
+        return masks
 
     def _backward(self, dout, lengths, need_dx):
         """Backpropagate dL/d(top output); returns (dx or None, dL/d initial state)."""
@@ -171,17 +207,22 @@ class SequenceModel:
             dinp = None
             offset = 0
             for d, layer in level.items():
-                H = layer.hidden
-                dy = np.ascontiguousarray(dout[:, :, offset:offset + H])
-                offset += H
+                name = f"layers.{k}.{d}"
+                R = layer.output_size
+                dy = np.ascontiguousarray(dout[:, :, offset:offset + R])
+                offset += R
+                if f"{name}.output" in self.dropout_masks:
+                    dy = dy * self.dropout_masks[f"{name}.output"]
                 if d == "bw":
                     dy = reverse(dy, lengths)
-                zero_T = {s: np.zeros((dy.shape[1], H), self.dtype) for s in layer.state_names}
+                zero_T = {s: np.zeros((dy.shape[1], size), self.dtype) for s, size in layer.state_sizes.items()}
                 dx, ds0 = layer.backward(dy, zero_T, need_dx or k > 0)
                 for s, v in ds0.items():
-                    dstate[f"layers.{k}.{d}.{s}"] = v
+                    dstate[f"{name}.{s}"] = v
                 if dx is not None:
                     dx = reverse(dx, lengths) if d == "bw" else dx
+                    if f"{name}.input" in self.dropout_masks:
+                        dx *= self.dropout_masks[f"{name}.input"]
                     dinp = dx if dinp is None else dinp + dx
             dout = dinp
         return dout, dstate
@@ -223,7 +264,7 @@ class SequenceModel:
         """
         x, lengths, state = self._prepare(x, lengths, initial_state, time_major)
         y = self.head.check_targets(y, lengths, x.shape[0])
-        out = self._forward(x, lengths, state)
+        out = self._forward(x, lengths, state, train=train)
         self.grads[:] = 0.0
         loss, dout = self.head.loss_and_grad(self.head_params, self.head_grads, out, y, lengths, self._split)
         dx, dstate = self._backward(dout, lengths, input_grads)
@@ -244,11 +285,12 @@ class SequenceModel:
     @property
     def _split(self):
         """Features of the top output that come from the forward direction."""
-        return self.specs[-1].hidden
+        return self.layers[-1]["fw"].output_size
 
     def __repr__(self):
         return (f"SequenceModel(input_size={self.input_size}, layers={self.specs}, "
-                f"bidirectional={self.bidirectional}, head={self.head}, dtype={self.dtype.name}, "
+                f"bidirectional={self.bidirectional}, head={self.head}, dropout={self.dropout}, "
+                f"dtype={self.dtype.name}, "
                 f"params={self.params.size})")
 
 

@@ -9,7 +9,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import heads  # noqa: E402
 from .cells import GRU, LSTM, RNN, Dropout  # noqa: E402
 from .model import SequenceModel  # noqa: E402
+from .optim import SGD, Adam  # noqa: E402
+from .io import load, save  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "Adam", "SGD", "save", "load", "__version__"]

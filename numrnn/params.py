@@ -40,11 +40,15 @@ def glorot_uniform(rng, shape, dtype):
     return rng.uniform(-a, a, size=shape).astype(dtype)
 
 
-def orthogonal_blocks(rng, rows, cols, dtype):
-    """A (rows, cols) matrix whose (rows, rows) gate blocks are each orthogonal
-    (Saxe et al. 2014); cols must be a multiple of rows."""
+def orthogonal_blocks(rng, rows, cols, dtype, width=None):
+    """A (rows, cols) matrix cut into gate blocks of ``width`` columns (default
+    rows), each orthogonal (Saxe et al. 2014), or semi-orthogonal when not square
+    (orthonormal columns if rows > width, rows if rows < width)."""
+    width = width or rows
     blocks = []
-    for _ in range(cols // rows):
-        q, r = np.linalg.qr(rng.standard_normal((rows, rows)))
-        blocks.append(q * np.sign(np.diag(r)))   # sign fix: uniform over orthogonal matrices
+    for _ in range(cols // width):
+        a = rng.standard_normal((max(rows, width), min(rows, width)))
+        q, r = np.linalg.qr(a)
+        q = q * np.sign(np.diag(r))      # sign fix: uniform over orthogonal matrices
+        blocks.append(q if rows >= width else q.T)
     return np.concatenate(blocks, axis=1).astype(dtype)

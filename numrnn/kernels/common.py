@@ -31,6 +31,63 @@ def relu(x):
     return x if x > 0.0 else 0.0
 
 
+@jit
+def clip(x, bound):
+    return min(max(x, -bound), bound)
+
+
+LN_EPS = 1e-5
+
+
+@jit
+def layer_norm_forward(v, hat, gain, shift):
+    """In place over one row: v <- (v - mean) * rstd * gain + shift; hat <- (v - mean) * rstd.
+
+    Returns rstd = 1 / sqrt(var + 1e-5) (biased variance), which backward needs.
+    Two passes over v, so the variance does not suffer from cancellation.
+    """
+    H = v.shape[0]
+    mean = 0.0
+    for k in range(H):
+        mean += v[k]
+    mean /= H
+    var = 0.0
+    for k in range(H):
+        var += (v[k] - mean) * (v[k] - mean)
+    rstd = 1.0 / math.sqrt(var / H + LN_EPS)
+    for k in range(H):
+        hat[k] = (v[k] - mean) * rstd
+        v[k] = hat[k] * gain[k] + shift[k]
+    return rstd
+
+
+@jit
+def layer_norm_backward(dv, dgain, dshift, hat, gain, rstd):
+    """In place over one row: dv holds dL/d(output) on entry and dL/d(input) on exit;
+    dgain, dshift += this row's share (llm.c layernorm_backward)."""
+    H = dv.shape[0]
+    mean_dhat = 0.0
+    mean_dhat_hat = 0.0
+    for k in range(H):
+        dgain[k] += dv[k] * hat[k]
+        dshift[k] += dv[k]
+        dhat = dv[k] * gain[k]
+        mean_dhat += dhat
+        mean_dhat_hat += dhat * hat[k]
+    mean_dhat /= H
+    mean_dhat_hat /= H
+    for k in range(H):
+        dv[k] = rstd * (dv[k] * gain[k] - mean_dhat - hat[k] * mean_dhat_hat)
+
+
+@jit
+def mask_row(mask, t, row):
+    """Row (t, row) of a state-dropout mask: (T, B, R), or (1, B, R) when it is the
+    same at every step (variational dropout, or ones when there is no dropout:
+    multiplying by 1.0 is exact)."""
+    return mask[min(t, mask.shape[0] - 1), row]
+
+
 class ParallelKernel:
     """A whole-sequence kernel compiled with ``prange`` loops run by Numba threads.
 
@@ -87,12 +144,14 @@ def reverse_within_lengths(out, x, lengths):
 def input_projection(z, x, W, b):
     """z[t, b] = x[t, b] @ W + b for all steps at once: one GEMM (DESIGN.md §6.1).
 
-    z: (T, B, G) out, x: (T, B, F), W: (F, G), b: (G,).
+    z: (T, B, G) out, x: (T, B, F), W: (F, G), b: (G,) or (0,) for no bias.
     """
     T, B, F = x.shape
     G = W.shape[1]
     z2 = z.reshape((T * B, G))
     np.dot(x.reshape((T * B, F)), W, z2)
+    if b.shape[0] == 0:
+        return
     for row in prange(T * B):
         for k in range(G):
             z2[row, k] += b[k]
@@ -111,8 +170,10 @@ def accumulate_weight_grads(dW, x, dz):
 
 @jit
 def accumulate_bias_grads(db, dz):
-    """db += sum of dz over all steps and rows: db (G,), dz (T, B, G)."""
+    """db += sum of dz over all steps and rows: db (G,) or (0,) for no bias, dz (T, B, G)."""
     T, B, G = dz.shape
+    if db.shape[0] == 0:
+        return
     for k in prange(G):
         total = 0.0
         for t in range(T):
@@ -127,6 +188,17 @@ def accumulate_input_grads(dx, dz, W):
     T, B, F = dx.shape
     G = dz.shape[2]
     add_into(dx.reshape((T * B, F)), np.dot(dz.reshape((T * B, G)), W.T))
+
+
+@jit
+def sum_rows_into(out, rows):
+    """out += rows summed over its first axis: out (G,), rows (B, G). For the
+    per-row gradient accumulators of peepholes and layer-norm gains."""
+    for k in prange(out.shape[0]):
+        total = 0.0
+        for row in range(rows.shape[0]):
+            total += rows[row, k]
+        out[k] += total
 
 
 @jit

@@ -4,57 +4,77 @@ reset_after=False (TF GRUCell), gate order r, u; u is the keep gate:
     r, u = σ(x_t W_g + h_{t-1} U_g + b_g)
     c    = tanh(x_t W_c + (r h_{t-1}) U_c + b_c)
     h_t  = u h_{t-1} + (1 - u) c
-The reset gate acts before U_c, so each step needs two recurrent GEMMs.
+The reset gate acts before U_c, so each step needs two recurrent GEMMs. With
+layer norm (ln_gain (3, H) for r, u, c; (0, H) when off) the pre-activations of
+r, u and c are each normalised with their own gain and shift, and there are no
+biases b_g, b_c (the shifts take their place).
 
 reset_after=True (PyTorch / cuDNN / Keras), gate order r, u, c:
     a = x_t W + b_x ;  q = h_{t-1} U + b_h
     r = σ(a_r + q_r) ;  u = σ(a_u + q_u) ;  c = tanh(a_c + r q_c)
     h_t = u h_{t-1} + (1 - u) c
 
+With state dropout the state passed to step t+1 is h_t times that step's mask;
+the output is h_t itself.
+
 Time-major throughout. Steps at t >= lengths[b] output 0 and carry h unchanged.
 """
 from numba import prange
 import numpy as np
 
-from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads,
-                     add_into, input_projection, jit, kernel, sigmoid, tanh)
+from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,
+                     input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row, sigmoid,
+                     sum_rows_into, tanh)
 
 
 # ---------------------------------------------------------------- reset_after=False
 
 @jit
-def _gru_gates_forward(gates, rh, rec, h_prev, valid):
-    """First half of a step, one row: r, u = σ(gates + rec) into gates; rh = r h_{t-1}."""
+def _gru_gates_forward(gates, rh, ln_hat, ln_rstd, rec, h_prev, ln_gain, ln_shift, valid):
+    """First half of a step, one row: r, u = σ([LN](gates + rec)) into gates; rh = r h_{t-1}."""
     H = h_prev.shape[0]
+    if not valid:
+        gates[:] = 0.0
+        rh[:] = 0.0
+        return
+    for k in range(2 * H):
+        gates[k] += rec[k]
+    if ln_gain.shape[0] > 0:
+        for g in range(2):
+            ln_rstd[g] = layer_norm_forward(gates[g * H:(g + 1) * H], ln_hat[g * H:(g + 1) * H],
+                                            ln_gain[g], ln_shift[g])
     for k in range(H):
-        if not valid:
-            gates[k] = gates[H + k] = rh[k] = 0.0
-            continue
-        r = sigmoid(gates[k] + rec[k])
+        r = sigmoid(gates[k])
         gates[k] = r
-        gates[H + k] = sigmoid(gates[H + k] + rec[H + k])
+        gates[H + k] = sigmoid(gates[H + k])
         rh[k] = r * h_prev[k]
 
 
 @jit
-def _gru_candidate_forward(y, h_new, cand, gates, rec, h_prev, valid):
-    """Second half of a step, one row: c = tanh(cand + rec) into cand; h_t = u h + (1-u) c."""
+def _gru_candidate_forward(y, h_new, cand, ln_hat, ln_rstd, gates, rec, h_prev, ln_gain, ln_shift, mask, valid):
+    """Second half of a step, one row: c = tanh([LN](cand + rec)) into cand;
+    y = u h + (1-u) c; the state passed on is y * mask."""
     H = h_prev.shape[0]
+    if not valid:
+        cand[:] = 0.0
+        y[:] = 0.0
+        h_new[:] = h_prev
+        return
     for k in range(H):
-        if not valid:
-            cand[k] = 0.0
-            h_new[k] = h_prev[k]
-            y[k] = 0.0
-            continue
-        c = tanh(cand[k] + rec[k])
+        cand[k] += rec[k]
+    if ln_gain.shape[0] > 0:
+        ln_rstd[2] = layer_norm_forward(cand, ln_hat[2 * H:], ln_gain[2], ln_shift[2])
+    for k in range(H):
+        c = tanh(cand[k])
         u = gates[H + k]
         cand[k] = c
-        h_new[k] = u * h_prev[k] + (1.0 - u) * c
-        y[k] = h_new[k]
+        y[k] = u * h_prev[k] + (1.0 - u) * c
+        h_new[k] = y[k] * mask[k]
 
 
 @kernel
-def gru_forward(y, h, gates, cand, rh, x, W_g, U_g, b_g, W_c, U_c, b_c, lengths, rec_g, rec_c):
+def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c, b_c, ln_gain, ln_shift,
+                state_mask, lengths, rec_g, rec_c):
     """Forward pass of the TF GRUCell over a whole sequence.
 
     Args:
@@ -62,11 +82,14 @@ def gru_forward(y, h, gates, cand, rh, x, W_g, U_g, b_g, W_c, U_c, b_c, lengths,
         h: (T+1, B, H) in/out: h[0] is the initial state, h[t+1] the state after step t.
         gates: (T, B, 2H) out: σ(r), σ(u).  cand: (T, B, H) out: the candidate c.
         rh: (T, B, H) out: r h_{t-1}, the input of U_c.   All three are saved for backward.
-        x: (T, B, F).  W_g (F, 2H), U_g (H, 2H), b_g (2H,), W_c (F, H), U_c (H, H), b_c (H,).
+        ln_hat: (T, B, 3H), ln_rstd: (T, B, 3) out with layer norm (else last axis 0).
+        x: (T, B, F).  W_g (F, 2H), U_g (H, 2H), b_g (2H,), W_c (F, H), U_c (H, H), b_c (H,);
+            b_g, b_c (0,) with layer norm.  ln_gain, ln_shift: (3, H) or (0, H).
+        state_mask: (T, B, H) state-dropout mask, or (1, B, H).
         lengths: (B,) int.  rec_g: (B, 2H), rec_c: (B, H) workspaces.
 
     Notes:
-        tf.compat.v1.nn.rnn_cell.GRUCell (Cho et al. 2014).
+        tf.compat.v1.nn.rnn_cell.GRUCell (Cho et al. 2014); layer norm as Ba et al. 2016.
     """
     T, B, _ = x.shape
     input_projection(gates, x, W_g, b_g)
@@ -74,34 +97,43 @@ def gru_forward(y, h, gates, cand, rh, x, W_g, U_g, b_g, W_c, U_c, b_c, lengths,
     for t in range(T):
         np.dot(h[t], U_g, rec_g)
         for row in prange(B):
-            _gru_gates_forward(gates[t, row], rh[t, row], rec_g[row], h[t, row], t < lengths[row])
+            _gru_gates_forward(gates[t, row], rh[t, row], ln_hat[t, row], ln_rstd[t, row], rec_g[row], h[t, row],
+                               ln_gain, ln_shift, t < lengths[row])
         np.dot(rh[t], U_c, rec_c)
         for row in prange(B):
-            _gru_candidate_forward(y[t, row], h[t + 1, row], cand[t, row], gates[t, row], rec_c[row],
-                                   h[t, row], t < lengths[row])
+            _gru_candidate_forward(y[t, row], h[t + 1, row], cand[t, row], ln_hat[t, row], ln_rstd[t, row],
+                                   gates[t, row], rec_c[row], h[t, row], ln_gain, ln_shift,
+                                   mask_row(state_mask, t, row), t < lengths[row])
 
 
 @jit
-def _gru_candidate_backward(dz_c, dz_g, dh_carry, dh_rec, dy, gates, cand, h_prev, valid):
-    """First half of a step backward, one row: from dL/dh_t to dz_c and dz_u.
-    dh_carry leaves holding the direct part u dL/dh_t of dL/dh_{t-1}."""
+def _gru_candidate_backward(dz_c, dz_g, dln_gain, dln_shift, dh_carry, dh_rec, dy, gates, cand, ln_hat, ln_rstd,
+                            h_prev, ln_gain, mask, valid):
+    """First half of a step backward, one row: from dL/dh_t to dz_c (before layer
+    norm) and dz_u (after it). dh_carry leaves holding the direct part u dL/dh_t
+    of dL/dh_{t-1}; at padded steps, where h was copied, all of dL/dh_t."""
     H = h_prev.shape[0]
+    if not valid:
+        dz_c[:] = 0.0
+        dz_g[:] = 0.0
+        for k in range(H):
+            dh_carry[k] += dh_rec[k]
+        return
     for k in range(H):
-        g = dh_carry[k] + dh_rec[k]
-        if not valid:
-            dz_c[k] = dz_g[k] = dz_g[H + k] = 0.0
-            dh_carry[k] = g
-            continue
-        g += dy[k]
+        g = (dh_carry[k] + dh_rec[k]) * mask[k] + dy[k]
         u, c = gates[H + k], cand[k]
         dz_c[k] = g * (1.0 - u) * (1.0 - c * c)
         dz_g[H + k] = g * (h_prev[k] - c) * u * (1.0 - u)
         dh_carry[k] = g * u
+    if ln_gain.shape[0] > 0:
+        layer_norm_backward(dz_c, dln_gain[2], dln_shift[2], ln_hat[2 * H:], ln_gain[2], ln_rstd[2])
 
 
 @jit
-def _gru_gates_backward(dz_g, dh_carry, d_rh, gates, h_prev, valid):
-    """Second half of a step backward, one row: from dL/d(r h) to dz_r and dL/dh_{t-1}."""
+def _gru_gates_backward(dz_g, dln_gain, dln_shift, dh_carry, d_rh, gates, ln_hat, ln_rstd, h_prev, ln_gain,
+                        valid):
+    """Second half of a step backward, one row: from dL/d(r h) to dz_r (then dz_r and
+    dz_u back through layer norm) and the rest of dL/dh_{t-1} that skips U_g."""
     H = h_prev.shape[0]
     if not valid:
         return
@@ -109,34 +141,49 @@ def _gru_gates_backward(dz_g, dh_carry, d_rh, gates, h_prev, valid):
         r = gates[k]
         dz_g[k] = d_rh[k] * h_prev[k] * r * (1.0 - r)
         dh_carry[k] += d_rh[k] * r
+    if ln_gain.shape[0] > 0:
+        for g in range(2):
+            layer_norm_backward(dz_g[g * H:(g + 1) * H], dln_gain[g], dln_shift[g], ln_hat[g * H:(g + 1) * H],
+                                ln_gain[g], ln_rstd[g])
 
 
 @kernel
-def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dy, dhT, h, gates, cand, rh,
-                 x, W_g, U_g, W_c, U_c, lengths, need_dx, dz_g, dz_c, dh_carry, dh_rec, d_rh):
+def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shift, dy, dhT,
+                 h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, W_c, U_c, ln_gain, state_mask, lengths, need_dx,
+                 dz_g, dz_c, dh_carry, dh_rec, d_rh, dln_gain_rows, dln_shift_rows):
     """Backpropagation through time for the TF GRUCell; accumulates (+=) into dx and
     the parameter gradients, writes dh0.
 
     Args:
         dx: (T, B, F) += dL/dx when need_dx.  dh0: (B, H) out.
+        dln_gain, dln_shift: (3, H) or (0, H); db_g, db_c (0,) with layer norm.
         dy: (T, B, H).  dhT: (B, H) dL/d(final state).
-        h, gates, cand, rh: saved by gru_forward.
-        dz_g: (T, B, 2H), dz_c: (T, B, H), dh_carry, dh_rec, d_rh: (B, H) workspaces.
+        h, gates, cand, rh, ln_hat, ln_rstd: saved by gru_forward.
+        dz_g: (T, B, 2H), dz_c: (T, B, H), dh_carry, dh_rec, d_rh: (B, H),
+            dln_gain_rows, dln_shift_rows: (B, 3, H) or (B, 0, H) workspaces.
     """
     T, B, _ = x.shape
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
+    dln_gain_rows[:] = 0.0
+    dln_shift_rows[:] = 0.0
     for t in range(T - 1, -1, -1):
         for row in prange(B):
-            _gru_candidate_backward(dz_c[t, row], dz_g[t, row], dh_carry[row], dh_rec[row], dy[t, row],
-                                    gates[t, row], cand[t, row], h[t, row], t < lengths[row])
+            _gru_candidate_backward(dz_c[t, row], dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row],
+                                    dh_carry[row], dh_rec[row], dy[t, row], gates[t, row], cand[t, row],
+                                    ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
+                                    mask_row(state_mask, t, row), t < lengths[row])
         np.dot(dz_c[t], U_c.T, d_rh)
         for row in prange(B):
-            _gru_gates_backward(dz_g[t, row], dh_carry[row], d_rh[row], gates[t, row], h[t, row],
+            _gru_gates_backward(dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row], dh_carry[row], d_rh[row],
+                                gates[t, row], ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
                                 t < lengths[row])
         np.dot(dz_g[t], U_g.T, dh_rec)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
+    G = dln_gain.shape[0] * dln_gain.shape[1]
+    sum_rows_into(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
+    sum_rows_into(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
     accumulate_weight_grads(dW_g, x, dz_g)
     accumulate_weight_grads(dU_g, h[:T], dz_g)
     accumulate_bias_grads(db_g, dz_g)
@@ -151,7 +198,7 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dy, dhT, h, gates,
 # ---------------------------------------------------------------- reset_after=True
 
 @jit
-def _gru_ra_step_forward(y, h_new, gates, q_c, rec, b_h, h_prev, valid):
+def _gru_ra_step_forward(y, h_new, gates, q_c, rec, b_h, h_prev, mask, valid):
     """One row of one step. gates holds x W + b_x on entry and σ(r), σ(u), c on exit;
     q_c receives h_{t-1} U_c + b_h,c, which backward needs for dr."""
     H = h_prev.shape[0]
@@ -166,18 +213,19 @@ def _gru_ra_step_forward(y, h_new, gates, q_c, rec, b_h, h_prev, valid):
         q = rec[2 * H + k] + b_h[2 * H + k]
         c = tanh(gates[2 * H + k] + r * q)
         gates[k], gates[H + k], gates[2 * H + k], q_c[k] = r, u, c, q
-        h_new[k] = u * h_prev[k] + (1.0 - u) * c
-        y[k] = h_new[k]
+        y[k] = u * h_prev[k] + (1.0 - u) * c
+        h_new[k] = y[k] * mask[k]
 
 
 @kernel
-def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, lengths, rec):
+def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec):
     """Forward pass of the reset-after GRU over a whole sequence.
 
     Args:
         y: (T, B, H) out.  h: (T+1, B, H) in/out, h[0] the initial state.
         gates: (T, B, 3H) out: σ(r), σ(u), c.  q_c: (T, B, H) out: h_{t-1} U_c + b_h,c.
         x: (T, B, F).  W (F, 3H), U (H, 3H), b_x (3H,), b_h (3H,).
+        state_mask: (T, B, H) state-dropout mask, or (1, B, H).
         lengths: (B,) int.  rec: (B, 3H) workspace.
 
     Notes:
@@ -189,11 +237,11 @@ def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, lengths, rec):
         np.dot(h[t], U, rec)
         for row in prange(B):
             _gru_ra_step_forward(y[t, row], h[t + 1, row], gates[t, row], q_c[t, row], rec[row], b_h,
-                                 h[t, row], t < lengths[row])
+                                 h[t, row], mask_row(state_mask, t, row), t < lengths[row])
 
 
 @jit
-def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, valid):
+def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, mask, valid):
     """One row of one step: from dL/dh_t to da = dL/da and dq = dL/dq;
     dh_carry leaves holding the direct part u dL/dh_t of dL/dh_{t-1}."""
     H = h_prev.shape[0]
@@ -204,7 +252,7 @@ def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, vali
             dq[k] = dq[H + k] = dq[2 * H + k] = 0.0
             dh_carry[k] = g
             continue
-        g += dy[k]
+        g = g * mask[k] + dy[k]
         r, u, c = gates[k], gates[H + k], gates[2 * H + k]
         dz_c = g * (1.0 - u) * (1.0 - c * c)
         dz_r = dz_c * q_c[k] * r * (1.0 - r)
@@ -215,7 +263,7 @@ def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, vali
 
 
 @kernel
-def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U, lengths, need_dx,
+def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U, state_mask, lengths, need_dx,
                     da, dq, dh_carry, dh_rec):
     """Backpropagation through time for the reset-after GRU; accumulates (+=) into dx
     and the parameter gradients, writes dh0.
@@ -232,7 +280,8 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
     for t in range(T - 1, -1, -1):
         for row in prange(B):
             _gru_ra_step_backward(da[t, row], dq[t, row], dh_carry[row], dh_rec[row], dy[t, row],
-                                  gates[t, row], q_c[t, row], h[t, row], t < lengths[row])
+                                  gates[t, row], q_c[t, row], h[t, row], mask_row(state_mask, t, row),
+                                  t < lengths[row])
         np.dot(dq[t], U.T, dh_rec)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)

@@ -1,118 +1,258 @@
 """LSTM over a whole sequence, TF LSTMCell semantics, gate order i, j, f, o.
 
-    z = x_t W + h_{t-1} U + b ;  i, j, f, o = split(z, 4)
-    c_t = σ(f + forget_bias) c_{t-1} + σ(i) tanh(j)
-    h_t = σ(o) tanh(c_t)
+    z = x_t W + r_{t-1} U (+ b) ;  i, j, f, o = split(z, 4)
+    [layer norm: each of i, j, f, o normalised with its own gain and shift; no b]
+    c_t = σ(f + forget_bias [+ p_f c_{t-1}]) c_{t-1} + σ(i [+ p_i c_{t-1}]) tanh(j)
+    [layer norm: c_t normalised]   [cell_clip: c_t clipped]
+    m_t = σ(o [+ p_o c_t]) tanh(c_t)
+    r_t = m_t [P]   [proj_clip: r_t clipped]
 
-Time-major throughout. Steps at t >= lengths[b] output 0 and carry (c, h)
-unchanged, so c[T], h[T] are each sequence's final state.
+r_t is the output and the recurrent state; with state dropout the state passed
+to step t+1 is r_t times that step's mask. An option is off when its parameter
+array is empty (peep (0, H), P (0, 0), ln_gain (0, H)) or its clip is 0; the
+workspaces it would need then have an empty last axis.
+
+Time-major throughout. Steps at t >= lengths[b] output 0 and carry (c, r)
+unchanged, so c[T], r[T] are each sequence's final state.
 """
 from numba import prange
 import numpy as np
 
-from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads,
-                     add_into, input_projection, jit, kernel, sigmoid, tanh)
+from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,
+                     clip, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
+                     sigmoid, sum_rows_into, tanh)
 
 
 @jit
-def _lstm_step_forward(y, h_new, c_new, tanh_c, gates, rec, h_prev, c_prev, valid, forget_bias):
-    """One row of one step. gates holds x W + b on entry and the activations
-    σ(i), tanh(j), σ(f), σ(o) on exit (0 when padded)."""
-    H = h_prev.shape[0]
+def _lstm_cell_forward(m, gates, tanh_c, c_new, c_pre, ln_hat, ln_rstd, rec, c_prev, peep, ln_gain, ln_shift,
+                       forget_bias, cell_clip, valid):
+    """One row of one step, up to m_t (written into m).
+
+    gates holds x W + b on entry and σ(i), tanh(j), σ(f), σ(o) on exit (0 when padded).
+    Saved for backward: tanh_c; with layer norm ln_hat (5H) and ln_rstd (5); with
+    cell_clip c_pre, the cell before clipping.
+    """
+    H = c_prev.shape[0]
+    peepholes = peep.shape[0] > 0
+    layer_norm = ln_gain.shape[0] > 0
+    if not valid:
+        gates[:] = 0.0
+        tanh_c[:] = 0.0
+        m[:] = 0.0
+        c_new[:] = c_prev
+        return
+    for k in range(4 * H):
+        gates[k] += rec[k]
+    if layer_norm:
+        for g in range(4):
+            ln_rstd[g] = layer_norm_forward(gates[g * H:(g + 1) * H], ln_hat[g * H:(g + 1) * H],
+                                            ln_gain[g], ln_shift[g])
     for k in range(H):
-        if not valid:
-            gates[k] = gates[H + k] = gates[2 * H + k] = gates[3 * H + k] = 0.0
-            c_new[k] = c_prev[k]
-            h_new[k] = h_prev[k]
-            tanh_c[k] = 0.0
-            y[k] = 0.0
-            continue
-        i = sigmoid(gates[k] + rec[k])
-        j = tanh(gates[H + k] + rec[H + k])
-        f = sigmoid(gates[2 * H + k] + rec[2 * H + k] + forget_bias)
-        o = sigmoid(gates[3 * H + k] + rec[3 * H + k])
-        gates[k], gates[H + k], gates[2 * H + k], gates[3 * H + k] = i, j, f, o
+        zi, zf = gates[k], gates[2 * H + k] + forget_bias
+        if peepholes:
+            zi += peep[0, k] * c_prev[k]
+            zf += peep[1, k] * c_prev[k]
+        i, j, f = sigmoid(zi), tanh(gates[H + k]), sigmoid(zf)
+        gates[k], gates[H + k], gates[2 * H + k] = i, j, f
         c_new[k] = f * c_prev[k] + i * j
+    if layer_norm:
+        ln_rstd[4] = layer_norm_forward(c_new, ln_hat[4 * H:], ln_gain[4], ln_shift[4])
+    for k in range(H):
+        if cell_clip > 0.0:
+            c_pre[k] = c_new[k]
+            c_new[k] = clip(c_new[k], cell_clip)
+        zo = gates[3 * H + k]
+        if peepholes:
+            zo += peep[2, k] * c_new[k]
+        o = sigmoid(zo)
+        gates[3 * H + k] = o
         tanh_c[k] = tanh(c_new[k])
-        h_new[k] = o * tanh_c[k]
-        y[k] = h_new[k]
+        m[k] = o * tanh_c[k]
+
+
+@jit
+def _lstm_output_forward(y, r_new, r_pre, r_prev, mask, proj_clip, valid):
+    """One row of one step: y holds r_t = m_t [P] on entry; clip it, and pass the
+    (dropped-out) state on. Padded: y = 0 and the state is carried."""
+    R = r_prev.shape[0]
+    for k in range(R):
+        if not valid:
+            y[k] = 0.0
+            r_new[k] = r_prev[k]
+            continue
+        if proj_clip > 0.0:
+            r_pre[k] = y[k]
+            y[k] = clip(y[k], proj_clip)
+        r_new[k] = y[k] * mask[k]
 
 
 @kernel
-def lstm_forward(y, h, c, tanh_c, gates, x, W, U, b, lengths, forget_bias, rec):
+def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
+                 x, W, U, b, peep, P, ln_gain, ln_shift, state_mask, lengths, forget_bias, cell_clip, proj_clip,
+                 rec):
     """Forward pass over a whole sequence.
 
     Args:
-        y: (T, B, H) out: outputs, 0 at padded steps.
-        h, c: (T+1, B, H) in/out: [0] is the initial state (filled by the caller),
-            [t+1] the state after step t.
-        tanh_c: (T, B, H) out: tanh(c_t), saved for backward.
-        gates: (T, B, 4H) out: σ(i), tanh(j), σ(f), σ(o), saved for backward.
-        x: (T, B, F) inputs.  W: (F, 4H), U: (H, 4H), b: (4H,) parameters.
-        lengths: (B,) int, 0 <= lengths[b] <= T.
-        rec: (B, 4H) workspace for h_{t-1} U.
+        y: (T, B, R) out: outputs r_t, 0 at padded steps (R = proj or H).
+        r: (T+1, B, R), c: (T+1, B, H) in/out: [0] is the initial state (filled by
+            the caller), [t+1] the state after step t.
+        gates: (T, B, 4H) out: σ(i), tanh(j), σ(f), σ(o).  tanh_c: (T, B, H) out.
+        m: (T, B, H) out with proj: m_t, the input of P.
+        c_pre: (T, B, H) out with cell_clip.  r_pre: (T, B, R) out with proj_clip:
+            the values before clipping.
+        ln_hat: (T, B, 5H), ln_rstd: (T, B, 5) out with layer norm: normalised
+            i, j, f, o, c and their 1/std.
+        x: (T, B, F).  W (F, 4H), U (R, 4H), b (4H,) or (0,) with layer norm.
+        peep: (3, H) p_i, p_f, p_o.  P: (H, proj).  ln_gain, ln_shift: (5, H) for i, j, f, o, c.
+        state_mask: (T, B, R) state-dropout mask, or (1, B, R).
+        lengths: (B,) int.  forget_bias, cell_clip, proj_clip: floats (clips: 0 = off).
+        rec: (B, 4H) workspace for r_{t-1} U.
 
     Notes:
-        tf.compat.v1.nn.rnn_cell.LSTMCell / BasicLSTMCell; with forget_bias=0 it
-        is torch.nn.LSTM with gates reordered (PyTorch: i, f, g, o).
+        tf.compat.v1.nn.rnn_cell.LSTMCell (peepholes: Sak et al. 2014; projection:
+        Sak et al. 2014) and LayerNormBasicLSTMCell (Ba et al. 2016). With
+        forget_bias=0 it is torch.nn.LSTM (proj_size: weight_hr = P^T) with gates
+        reordered (PyTorch: i, f, g, o).
     """
     T, B, _ = x.shape
+    proj = P.shape[0] > 0
     input_projection(gates, x, W, b)
     for t in range(T):
-        np.dot(h[t], U, rec)
-        for row in prange(B):
-            _lstm_step_forward(y[t, row], h[t + 1, row], c[t + 1, row], tanh_c[t, row], gates[t, row],
-                               rec[row], h[t, row], c[t, row], t < lengths[row], forget_bias)
+        np.dot(r[t], U, rec)
+        if proj:
+            for row in prange(B):
+                _lstm_cell_forward(m[t, row], gates[t, row], tanh_c[t, row], c[t + 1, row], c_pre[t, row],
+                                   ln_hat[t, row], ln_rstd[t, row], rec[row], c[t, row], peep, ln_gain,
+                                   ln_shift, forget_bias, cell_clip, t < lengths[row])
+            np.dot(m[t], P, y[t])
+            for row in prange(B):
+                _lstm_output_forward(y[t, row], r[t + 1, row], r_pre[t, row], r[t, row],
+                                     mask_row(state_mask, t, row), proj_clip, t < lengths[row])
+        else:
+            for row in prange(B):
+                _lstm_cell_forward(y[t, row], gates[t, row], tanh_c[t, row], c[t + 1, row], c_pre[t, row],
+                                   ln_hat[t, row], ln_rstd[t, row], rec[row], c[t, row], peep, ln_gain,
+                                   ln_shift, forget_bias, cell_clip, t < lengths[row])
+                _lstm_output_forward(y[t, row], r[t + 1, row], r_pre[t, row], r[t, row],
+                                     mask_row(state_mask, t, row), proj_clip, t < lengths[row])
 
 
 @jit
-def _lstm_step_backward(dz, dh_carry, dc, dh_rec, dy, gates, tanh_c, c_prev, valid):
-    """One row of one step. On entry dh_carry + dh_rec (+ dy) is dL/dh_t and dc
-    is dL/dc_t from step t+1; on exit dz = dL/dz_t, dc = dL/dc_{t-1}, and
-    dh_carry the part of dL/dh_{t-1} that does not go through U."""
-    H = c_prev.shape[0]
-    for k in range(H):
-        g = dh_carry[k] + dh_rec[k]
+def _lstm_output_backward(dr, dr_carry, dr_rec, dy, r_pre, mask, proj_clip, valid):
+    """One row of one step: dr = dL/d(r_t before proj_clip). On entry dr_carry +
+    dr_rec is dL/d(state passed on from step t); dr_carry leaves holding the part
+    of dL/d(state passed on from step t-1) that does not go through U: all of it
+    at padded steps, where the state was copied, else 0."""
+    R = dr.shape[0]
+    for k in range(R):
+        d = dr_carry[k] + dr_rec[k]
         if not valid:
-            dz[k] = dz[H + k] = dz[2 * H + k] = dz[3 * H + k] = 0.0
-            dh_carry[k] = g
+            dr[k] = 0.0
+            dr_carry[k] = d
             continue
-        g += dy[k]
+        d = d * mask[k] + dy[k]
+        if proj_clip > 0.0 and abs(r_pre[k]) > proj_clip:
+            d = 0.0
+        dr[k] = d
+        dr_carry[k] = 0.0
+
+
+@jit
+def _lstm_cell_backward(dz, dc, dpeep, dln_gain, dln_shift, dm, gates, tanh_c, c_prev, c_new, c_pre,
+                        ln_hat, ln_rstd, peep, ln_gain, cell_clip, valid):
+    """One row of one step. On entry dm = dL/dm_t and dc = dL/dc_t from step t+1;
+    on exit dz = dL/dz_t (before layer norm) and dc = dL/dc_{t-1}. dpeep (3, H),
+    dln_gain and dln_shift (5, H) accumulate this row's share."""
+    H = c_prev.shape[0]
+    peepholes = peep.shape[0] > 0
+    layer_norm = ln_gain.shape[0] > 0
+    if not valid:
+        dz[:] = 0.0
+        return
+    for k in range(H):
         i, j, f, o = gates[k], gates[H + k], gates[2 * H + k], gates[3 * H + k]
-        dct = dc[k] + g * o * (1.0 - tanh_c[k] * tanh_c[k])
-        dz[k] = dct * j * i * (1.0 - i)
+        dzo = dm[k] * tanh_c[k] * o * (1.0 - o)
+        dct = dc[k] + dm[k] * o * (1.0 - tanh_c[k] * tanh_c[k])
+        if peepholes:
+            dct += dzo * peep[2, k]
+            dpeep[2, k] += dzo * c_new[k]
+        if cell_clip > 0.0 and abs(c_pre[k]) > cell_clip:
+            dct = 0.0
+        dz[3 * H + k] = dzo
+        dc[k] = dct
+    if layer_norm:
+        layer_norm_backward(dc, dln_gain[4], dln_shift[4], ln_hat[4 * H:], ln_gain[4], ln_rstd[4])
+    for k in range(H):
+        i, j, f = gates[k], gates[H + k], gates[2 * H + k]
+        dct = dc[k]
+        dzi = dct * j * i * (1.0 - i)
+        dzf = dct * c_prev[k] * f * (1.0 - f)
+        dz[k] = dzi
         dz[H + k] = dct * i * (1.0 - j * j)
-        dz[2 * H + k] = dct * c_prev[k] * f * (1.0 - f)
-        dz[3 * H + k] = g * tanh_c[k] * o * (1.0 - o)
+        dz[2 * H + k] = dzf
         dc[k] = dct * f
-        dh_carry[k] = 0.0
+        if peepholes:
+            dc[k] += dzi * peep[0, k] + dzf * peep[1, k]
+            dpeep[0, k] += dzi * c_prev[k]
+            dpeep[1, k] += dzf * c_prev[k]
+    if layer_norm:
+        for g in range(4):
+            layer_norm_backward(dz[g * H:(g + 1) * H], dln_gain[g], dln_shift[g], ln_hat[g * H:(g + 1) * H],
+                                ln_gain[g], ln_rstd[g])
 
 
 @kernel
-def lstm_backward(dx, dh0, dc0, dW, dU, db, dy, dhT, dcT, h, c, tanh_c, gates, x, W, U, lengths, need_dx,
-                  dz, dh_carry, dh_rec):
-    """Backpropagation through time. Accumulates (+=) into dx, dW, dU, db; writes dh0, dc0.
+def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, drT, dcT,
+                  r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
+                  x, W, U, peep, P, ln_gain, state_mask, lengths, cell_clip, proj_clip, need_dx,
+                  dz, dr, dm, dr_carry, dr_rec, dpeep_rows, dln_gain_rows, dln_shift_rows):
+    """Backpropagation through time. Accumulates (+=) into dx and the parameter
+    gradients; writes dr0, dc0.
 
     Args:
-        dx: (T, B, F) += dL/dx, only when need_dx.  dh0, dc0: (B, H) out.
-        dW (F, 4H), dU (H, 4H), db (4H,): parameter gradients.
-        dy: (T, B, H) dL/dy.  dhT, dcT: (B, H) dL/d(final state).
-        h, c, tanh_c, gates: saved by lstm_forward.  x, W, U, lengths: as forward.
-        dz: (T, B, 4H), dh_carry, dh_rec: (B, H) workspaces.
+        dx: (T, B, F) += dL/dx, only when need_dx.  dr0: (B, R), dc0: (B, H) out.
+        dW (F, 4H), dU (R, 4H), db (4H,) or (0,), dpeep (3, H) or (0, H), dP (H, proj)
+            or (0, 0), dln_gain, dln_shift (5, H) or (0, H): parameter gradients.
+        dy: (T, B, R) dL/dy.  drT: (B, R), dcT: (B, H) dL/d(final state).
+        r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd: saved by lstm_forward.
+        x, W, U, peep, P, ln_gain, state_mask, lengths, cell_clip, proj_clip: as forward.
+        dz: (T, B, 4H), dr: (T, B, R) with proj (else (T, B, 0)), dm: (B, H),
+            dr_carry, dr_rec: (B, R), dpeep_rows (B, 3, H) or (B, 0, H),
+            dln_gain_rows, dln_shift_rows (B, 5, H) or (B, 0, H): workspaces.
     """
     T, B, _ = x.shape
-    dh_carry[:] = dhT
+    proj = P.shape[0] > 0
+    dr_carry[:] = drT
     dc0[:] = dcT                       # running dL/dc, ends as dL/dc[0]
-    dh_rec[:] = 0.0
+    dr_rec[:] = 0.0
+    dpeep_rows[:] = 0.0
+    dln_gain_rows[:] = 0.0
+    dln_shift_rows[:] = 0.0
     for t in range(T - 1, -1, -1):
+        if proj:
+            for row in prange(B):
+                _lstm_output_backward(dr[t, row], dr_carry[row], dr_rec[row], dy[t, row], r_pre[t, row],
+                                      mask_row(state_mask, t, row), proj_clip, t < lengths[row])
+            np.dot(dr[t], P.T, dm)
         for row in prange(B):
-            _lstm_step_backward(dz[t, row], dh_carry[row], dc0[row], dh_rec[row], dy[t, row],
-                                gates[t, row], tanh_c[t, row], c[t, row], t < lengths[row])
-        np.dot(dz[t], U.T, dh_rec)
-    dh0[:] = dh_carry
-    add_into(dh0, dh_rec)
+            if not proj:
+                _lstm_output_backward(dm[row], dr_carry[row], dr_rec[row], dy[t, row], r_pre[t, row],
+                                      mask_row(state_mask, t, row), proj_clip, t < lengths[row])
+            _lstm_cell_backward(dz[t, row], dc0[row], dpeep_rows[row], dln_gain_rows[row], dln_shift_rows[row],
+                                dm[row], gates[t, row], tanh_c[t, row], c[t, row], c[t + 1, row], c_pre[t, row],
+                                ln_hat[t, row], ln_rstd[t, row], peep, ln_gain, cell_clip, t < lengths[row])
+        np.dot(dz[t], U.T, dr_rec)
+    dr0[:] = dr_carry
+    add_into(dr0, dr_rec)
     accumulate_weight_grads(dW, x, dz)
-    accumulate_weight_grads(dU, h[:T], dz)
+    accumulate_weight_grads(dU, r[:T], dz)
     accumulate_bias_grads(db, dz)
+    if proj:
+        accumulate_weight_grads(dP, m, dr)
+    G = dpeep.shape[0] * dpeep.shape[1]
+    sum_rows_into(dpeep.reshape(G), dpeep_rows.reshape((B, G)))
+    G = dln_gain.shape[0] * dln_gain.shape[1]
+    sum_rows_into(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
+    sum_rows_into(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
     if need_dx:
         accumulate_input_grads(dx, dz, W)

@@ -1,6 +1,7 @@
 """Vanilla RNN over a whole sequence: h_t = act(x_t W + h_{t-1} U + b).
 
-Time-major throughout. Steps at t >= lengths[b] output 0 and carry the state
+With state dropout the state passed to step t+1 is h_t times that step's mask;
+the output is h_t itself. Time-major throughout. Steps at t >= lengths[b] output 0 and carry the state
 unchanged, so h[T] is each sequence's final state (the initial state when its
 length is 0).
 """
@@ -8,12 +9,12 @@ import numpy as np
 from numba import prange
 
 from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads,
-                     add_into, input_projection, jit, kernel, relu, tanh)
+                     add_into, input_projection, jit, kernel, mask_row, relu, tanh)
 
 
 @jit
-def _rnn_step_forward(y, h_new, z, rec, h_prev, valid, use_relu):
-    """One row of one step: h_new = act(z + rec); y = h_new, or 0 when padded."""
+def _rnn_step_forward(y, h_new, z, rec, h_prev, mask, valid, use_relu):
+    """One row of one step: y = act(z + rec), h_new = y * mask; padded: y = 0, h carried."""
     H = h_prev.shape[0]
     for k in range(H):
         if not valid:
@@ -21,12 +22,12 @@ def _rnn_step_forward(y, h_new, z, rec, h_prev, valid, use_relu):
             y[k] = 0.0
             continue
         pre = z[k] + rec[k]
-        h_new[k] = relu(pre) if use_relu else tanh(pre)
-        y[k] = h_new[k]
+        y[k] = relu(pre) if use_relu else tanh(pre)
+        h_new[k] = y[k] * mask[k]
 
 
 @kernel
-def rnn_forward(y, h, x, W, U, b, lengths, use_relu, z, rec):
+def rnn_forward(y, h, x, W, U, b, state_mask, lengths, use_relu, z, rec):
     """Forward pass over a whole sequence.
 
     Args:
@@ -35,6 +36,7 @@ def rnn_forward(y, h, x, W, U, b, lengths, use_relu, z, rec):
             h[t+1] the state after step t; saved for the backward pass.
         x: (T, B, F) inputs.
         W: (F, H), U: (H, H), b: (H,) parameters.
+        state_mask: (T, B, H) state-dropout mask, or (1, B, H).
         lengths: (B,) int, 0 <= lengths[b] <= T.
         use_relu: relu instead of tanh.
         z: (T, B, H) workspace for x W + b.  rec: (B, H) workspace for h U.
@@ -48,38 +50,40 @@ def rnn_forward(y, h, x, W, U, b, lengths, use_relu, z, rec):
         np.dot(h[t], U, rec)
         for row in prange(B):
             _rnn_step_forward(y[t, row], h[t + 1, row], z[t, row], rec[row], h[t, row],
-                              t < lengths[row], use_relu)
+                              mask_row(state_mask, t, row), t < lengths[row], use_relu)
 
 
 @jit
-def _rnn_step_backward(dz, dh_carry, dh_rec, dy, h_new, valid, use_relu):
+def _rnn_step_backward(dz, dh_carry, dh_rec, dy, y, mask, valid, use_relu):
     """One row of one step. On entry dh_carry + dh_rec (+ dy) is dL/dh_t; on exit
     dz = dL/d(pre-activation) and dh_carry is the part of dL/dh_{t-1} that does
     not go through U: all of it at padded steps, where the state was copied."""
-    H = h_new.shape[0]
+    H = y.shape[0]
     for k in range(H):
         g = dh_carry[k] + dh_rec[k]
         if not valid:
             dz[k] = 0.0
             dh_carry[k] = g
             continue
-        g += dy[k]
+        g = g * mask[k] + dy[k]
         if use_relu:
-            dz[k] = g if h_new[k] > 0.0 else 0.0
+            dz[k] = g if y[k] > 0.0 else 0.0
         else:
-            dz[k] = g * (1.0 - h_new[k] * h_new[k])
+            dz[k] = g * (1.0 - y[k] * y[k])
         dh_carry[k] = 0.0
 
 
 @kernel
-def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, h, x, W, U, lengths, use_relu, need_dx, dz, dh_carry, dh_rec):
+def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, lengths, use_relu, need_dx,
+                 dz, dh_carry, dh_rec):
     """Backpropagation through time. Accumulates (+=) into dx, dW, dU, db; writes dh0.
 
     Args:
         dx: (T, B, F) += dL/dx, only when need_dx.  dh0: (B, H) out: dL/dh[0].
         dW (F, H), dU (H, H), db (H,): parameter gradients.
         dy: (T, B, H) dL/dy.  dhT: (B, H) dL/d(final state).
-        h: (T+1, B, H) states saved by rnn_forward.  x, W, U, lengths, use_relu: as forward.
+        y, h: outputs and states saved by rnn_forward.
+        x, W, U, state_mask, lengths, use_relu: as forward.
         dz: (T, B, H), dh_carry, dh_rec: (B, H) workspaces.
     """
     T, B, _ = x.shape
@@ -87,8 +91,8 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, h, x, W, U, lengths, use_relu, ne
     dh_rec[:] = 0.0
     for t in range(T - 1, -1, -1):
         for row in prange(B):
-            _rnn_step_backward(dz[t, row], dh_carry[row], dh_rec[row], dy[t, row], h[t + 1, row],
-                               t < lengths[row], use_relu)
+            _rnn_step_backward(dz[t, row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
+                               mask_row(state_mask, t, row), t < lengths[row], use_relu)
         np.dot(dz[t], U.T, dh_rec)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)

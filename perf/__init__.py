@@ -1,0 +1,1 @@
+"""numrnn's benchmarks: each case is checked before it is timed."""

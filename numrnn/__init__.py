@@ -11,7 +11,9 @@ from .cells import GRU, LSTM, RNN, Dropout  # noqa: E402
 from .model import SequenceModel  # noqa: E402
 from .optim import SGD, Adam  # noqa: E402
 from .io import load, save  # noqa: E402
+from .train import Split, TrainConfig, TrainingInterrupted, evaluate, train  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "Adam", "SGD", "save", "load", "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "Adam", "SGD", "save", "load",
+           "train", "evaluate", "Split", "TrainConfig", "TrainingInterrupted", "__version__"]

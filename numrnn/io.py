@@ -19,7 +19,7 @@ survive a kill): a temporary file in the same directory, fsync, then
 """
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from dataclasses import asdict
 
@@ -44,7 +44,9 @@ def atomic_write(path, write):
     removed and ``path`` is untouched."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL: never write through someone else's file; mode 0o666 lets the umask decide, as open() does.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -298,7 +298,7 @@ def train(model, train, val=None, test=None, config=None, *, out=None, resume=Fa
         raise ValueError(f"unknown training options {unknown}; expected fields of TrainConfig")
     config = replace(config, **options)
     for name, split in (("train", train), ("val", val), ("test", test)):
-        if split is not None and not isinstance(split, Split):
+        if (split is not None or name == "train") and not isinstance(split, Split):
             raise ValueError(f"{name} must be a numrnn.train.Split, got {type(split).__name__}")
     if resume and out is None:
         raise ValueError("resume=True needs out, the run directory holding last.npz")

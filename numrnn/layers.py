@@ -167,12 +167,13 @@ class LSTMLayer(Recurrent):
                 "dln_gain_rows": (B, ln, H), "dln_shift_rows": (B, ln, H)}
 
     def _packed(self):
-        """Per-gate vectors stacked for the kernel, and the option scalars."""
+        """Per-gate vectors stacked for the kernel, and the option scalars (in the
+        model's dtype, so that float32 arithmetic stays float32)."""
         spec = self.spec
         P = self.p["P"] if spec.proj else np.zeros((0, 0), self.dtype)
         return (self._stacked(LSTM_PEEPHOLES, spec.peepholes), P,
                 self._stacked(LSTM_LN_GAINS, spec.layer_norm), self._stacked(LSTM_LN_SHIFTS, spec.layer_norm),
-                float(spec.cell_clip or 0.0), float(spec.proj_clip or 0.0))
+                self.dtype.type(spec.cell_clip or 0.0), self.dtype.type(spec.proj_clip or 0.0))
 
     def _forward(self, ws, x, lengths):
         p, spec = self.p, self.spec
@@ -180,7 +181,7 @@ class LSTMLayer(Recurrent):
         b = self._empty_bias() if spec.layer_norm else p["b"]
         lstm_forward(ws["y"], ws["h"], ws["c"], ws["gates"], ws["tanh_c"], ws["m"], ws["c_pre"], ws["r_pre"],
                      ws["ln_hat"], ws["ln_rstd"], x, p["W"], p["U"], b, peep, P, ln_gain, ln_shift,
-                     self.state_mask, lengths, float(spec.forget_bias), cell_clip, proj_clip, ws["rec"])
+                     self.state_mask, lengths, self.dtype.type(spec.forget_bias), cell_clip, proj_clip, ws["rec"])
 
     def _backward(self, dx, dstate0, dy, dstate_T, need_dx):
         p, g, ws, spec = self.p, self.g, self.ws, self.spec

@@ -1,0 +1,64 @@
+"""numrnn.kernels.common: the scalar activations the kernels inline."""
+import numba
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from numrnn.kernels.common import sigmoid, tanh
+
+
+@numba.njit(error_model="numpy")
+def apply_tanh(x, out):
+    for i in range(x.shape[0]):
+        out[i] = tanh(x[i])
+
+
+@numba.njit(error_model="numpy")
+def apply_sigmoid(x, out):
+    for i in range(x.shape[0]):
+        out[i] = sigmoid(x[i])
+
+
+def float32_grid():
+    """Every float32 in [-1, 1] at a fine spacing, the saturated tails out to the
+    largest finite float32, and the infinities."""
+    core = np.linspace(-12.0, 12.0, 2_400_001)
+    tails = np.geomspace(12.0, np.finfo(np.float32).max, 2000)
+    tiny = np.geomspace(np.finfo(np.float32).tiny, 1e-3, 2000)
+    values = np.concatenate([core, tails, -tails, tiny, -tiny, [0.0, np.inf, -np.inf]])
+    return values.astype(np.float32)
+
+
+def test_float32_tanh_is_within_4e7_of_libm():
+    x = float32_grid()
+    out = np.empty_like(x)
+    apply_tanh(x, out)
+    assert out.dtype == np.float32
+    exact = np.tanh(x.astype(np.float64))
+    assert np.abs(out - exact).max() < 4e-7
+    # relative accuracy where tanh is small, and exact saturation and oddness
+    small = np.abs(x) < 1e-3
+    assert (np.abs(out[small] - exact[small]) <= 2e-7 * np.abs(exact[small])).all()
+    assert out[x == np.inf][0] == 1.0 and out[x == -np.inf][0] == -1.0
+    assert (np.abs(out) <= 1.0).all()
+    mirrored = np.empty_like(x)
+    apply_tanh(-x, mirrored)
+    np.testing.assert_array_equal(mirrored, -out)
+
+
+def test_float32_sigmoid_is_within_3e7_of_libm():
+    x = float32_grid()
+    out = np.empty_like(x)
+    apply_sigmoid(x, out)
+    exact = expit(x.astype(np.float64))
+    assert np.abs(out - exact).max() < 3e-7
+    assert ((out >= 0.0) & (out <= 1.0)).all()
+
+
+@pytest.mark.parametrize("apply, exact", [(apply_tanh, np.tanh),
+                                          (apply_sigmoid, expit)])
+def test_float64_uses_libm(apply, exact):
+    x = np.linspace(-40.0, 40.0, 100_001)
+    out = np.empty_like(x)
+    apply(x, out)
+    np.testing.assert_allclose(out, exact(x), rtol=2e-15, atol=1e-300)

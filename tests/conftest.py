@@ -25,33 +25,51 @@ HEADS = {
     "regress": lambda: nr.heads.Regress(2),
 }
 
+# The LSTM options and the layer-norm GRU of DESIGN.md §3 (tests/test_variants.py). Clip bounds are set so that,
+# with build_model's N(0, 0.5^2) parameters, some but not all values clip.
+VARIANTS = {
+    "peepholes": lambda h: nr.LSTM(h, peepholes=True),
+    "cell_clip": lambda h: nr.LSTM(h, cell_clip=0.6),
+    "proj": lambda h: nr.LSTM(h, proj=h - 1),
+    "proj_clip": lambda h: nr.LSTM(h, proj=h - 1, proj_clip=0.3),
+    "forget_bias": lambda h: nr.LSTM(h, forget_bias=-0.7),
+    "lstm_ln": lambda h: nr.LSTM(h, layer_norm=True),
+    "lstm_combo": lambda h: nr.LSTM(h, peepholes=True, cell_clip=0.6, proj=h - 1, proj_clip=0.25),
+    "lstm_ln_combo": lambda h: nr.LSTM(h, forget_bias=0.5, peepholes=True, cell_clip=1.2, proj=h + 1,
+                                       proj_clip=0.4, layer_norm=True),
+    "gru_ln": lambda h: nr.GRU(h, layer_norm=True),
+}
+
 STACKS = {"1layer": (3,), "2layers": (3, 2)}     # hidden sizes, top last
 
 F = 2   # input features everywhere
 
 
-def build_model(cell, stack, bidirectional, head, dtype=np.float64, seed=0, scale=0.5):
+def build_model(cell, stack, bidirectional, head, dtype=np.float64, seed=0, scale=0.5, dropout=None):
     """A SequenceModel whose parameters (biases included) are all random N(0, scale^2).
 
-    cell: a key of CELLS, or a list of keys, one per layer. stack: a key of STACKS
-    or a tuple of hidden sizes. head: a key of HEADS.
+    cell: a key of CELLS or VARIANTS, or a list of keys, one per layer. stack: a key
+    of STACKS or a tuple of hidden sizes. head: a key of HEADS. dropout: nr.Dropout or None.
     """
     sizes = STACKS[stack] if isinstance(stack, str) else tuple(stack)
     cells = [cell] * len(sizes) if isinstance(cell, str) else list(cell)
-    model = nr.SequenceModel(F, layers=[CELLS[c](h) for c, h in zip(cells, sizes)],
-                             bidirectional=bidirectional, head=HEADS[head](), dtype=dtype, seed=seed)
+    menu = {**CELLS, **VARIANTS}
+    model = nr.SequenceModel(F, layers=[menu[c](h) for c, h in zip(cells, sizes)],
+                             bidirectional=bidirectional, head=HEADS[head](), dropout=dropout, dtype=dtype,
+                             seed=seed)
     rng = np.random.default_rng(seed + 1000)
     model.params[:] = scale * rng.standard_normal(model.params.shape)
     return model
 
 
 def state_names(model):
-    """{state name: hidden size} from the contract: h for every layer and direction, c for LSTM."""
+    """{state name: size} from the contract: h for every layer and direction (an LSTM's
+    proj when projecting, else hidden), c (hidden) for LSTM."""
     names = {}
     for k, spec in enumerate(model.specs):
         for d in (("fw", "bw") if model.bidirectional else ("fw",)):
             for s in (("c", "h") if isinstance(spec, nr.LSTM) else ("h",)):
-                names[f"layers.{k}.{d}.{s}"] = spec.hidden
+                names[f"layers.{k}.{d}.{s}"] = naive.output_size(spec) if s == "h" else spec.hidden
     return names
 
 
@@ -92,11 +110,12 @@ def make_batch(rng, model, lengths_kind, with_state=True):
     return x, y, lengths, state
 
 
-def reference(model, x, y=None, lengths=None, initial_state=None, trace=None):
-    """naive.model_forward with the model's own parameters, in float64."""
+def reference(model, x, y=None, lengths=None, initial_state=None, trace=None, masks=None):
+    """naive.model_forward with the model's own parameters, in float64; masks: the
+    dropout masks dict (``model.dropout_masks``) or None."""
     params = {name: np.asarray(v, dtype=np.float64) for name, v in model.named_params().items()}
     return naive.model_forward(params, model.specs, model.bidirectional, model.head, np.asarray(x, np.float64),
-                               y, lengths, initial_state, trace)
+                               y, lengths, initial_state, trace, masks)
 
 
 def relu_margin(model, x, lengths, initial_state):

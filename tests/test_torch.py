@@ -3,7 +3,8 @@ outputs, final states, loss and every gradient (parameters, inputs, initial stat
 
 Mapping (docs/api.md): torch weight_ih is (G, F) = our W.T and weight_hh = our U.T.
 LSTM (numrnn forget_bias=0): torch gate order i, f, g, o, ours i, j, f, o; our b goes
-in bias_ih, zeros in bias_hh. GRU (reset_after=True): torch r, z, n = ours r, u, c;
+in bias_ih, zeros in bias_hh. LSTM with projection (proj_size < hidden in torch):
+weight_hr = our P.T, and weight_hh = our U.T is (4H, proj). GRU (reset_after=True): torch r, z, n = ours r, u, c;
 b_x = bias_ih, b_h = bias_hh. RNN: our b in bias_ih, zeros in bias_hh. Layers of
 different sizes are separate torch modules, each run on a PackedSequence.
 """
@@ -18,17 +19,25 @@ F_ = torch.nn.functional
 
 T, SIZES, IN = 4, (4, 3), 2
 
-CELLS = {   # numrnn spec, torch module, its options
+PROJ = {4: 3, 3: 2}     # hidden -> projection size (torch needs proj_size < hidden)
+
+CELLS = {   # numrnn spec, torch module, its options (a dict, or a function of hidden)
     "lstm": (lambda h: nr.LSTM(h, forget_bias=0.0), torch.nn.LSTM, {}),
+    "lstm_proj": (lambda h: nr.LSTM(h, forget_bias=0.0, proj=PROJ[h]), torch.nn.LSTM,
+                  lambda h: {"proj_size": PROJ[h]}),
     "gru_ra": (lambda h: nr.GRU(h, reset_after=True), torch.nn.GRU, {}),
     "rnn_tanh": (lambda h: nr.RNN(h), torch.nn.RNN, {"nonlinearity": "tanh"}),
     "rnn_relu": (lambda h: nr.RNN(h, activation="relu"), torch.nn.RNN, {"nonlinearity": "relu"}),
 }
 
 
+def is_lstm(cell):
+    return cell.startswith("lstm")
+
+
 def gate_order(a, cell):
     """Reorder the gate blocks of the last axis between ours and torch's (an involution)."""
-    if cell != "lstm":
+    if not is_lstm(cell):
         return a
     i, j, f, o = np.split(a, 4, axis=-1)
     return np.concatenate([i, f, j, o], axis=-1)
@@ -51,12 +60,12 @@ class TorchTwin:
         self.rnns, size = [], model.input_size
         for k, spec in enumerate(model.specs):
             rnn = module(size, spec.hidden, batch_first=True, bidirectional=model.bidirectional,
-                         dtype=torch.float64, **options)
+                         dtype=torch.float64, **(options(spec.hidden) if callable(options) else options))
             for d in self.dirs:
                 for torch_name, value in self.weights(p, f"layers.{k}.{d}.").items():
                     getattr(rnn, torch_name + ("_reverse" if d == "bw" else "")).data = t64(value)
             self.rnns.append(rnn)
-            size = spec.hidden * len(self.dirs)
+            size = (getattr(spec, "proj", None) or spec.hidden) * len(self.dirs)
         self.head = torch.nn.Linear(size, model.head.n, dtype=torch.float64)
         self.head.weight.data, self.head.bias.data = t64(p["head.W"].T), t64(p["head.b"])
 
@@ -67,8 +76,11 @@ class TorchTwin:
             b_ih, b_hh = p[prefix + "b_x"], p[prefix + "b_h"]
         else:
             b_ih, b_hh = p[prefix + "b"], np.zeros_like(p[prefix + "b"])
-        return {"weight_ih_l0": gate_order(W, self.cell).T, "weight_hh_l0": gate_order(U, self.cell).T,
-                "bias_ih_l0": gate_order(b_ih, self.cell), "bias_hh_l0": gate_order(b_hh, self.cell)}
+        weights = {"weight_ih_l0": gate_order(W, self.cell).T, "weight_hh_l0": gate_order(U, self.cell).T,
+                   "bias_ih_l0": gate_order(b_ih, self.cell), "bias_hh_l0": gate_order(b_hh, self.cell)}
+        if prefix + "P" in p:
+            weights["weight_hr_l0"] = p[prefix + "P"].T
+        return weights
 
     def grads(self):
         """{our parameter name: gradient} mapped back from the torch modules."""
@@ -83,13 +95,15 @@ class TorchTwin:
                     out[prefix + "b_x"], out[prefix + "b_h"] = grad("bias_ih_l0"), grad("bias_hh_l0")
                 else:
                     out[prefix + "b"] = gate_order(grad("bias_ih_l0"), self.cell)
+                if hasattr(rnn, "weight_hr_l0"):
+                    out[prefix + "P"] = grad("weight_hr_l0").T
         out["head.W"], out["head.b"] = self.head.weight.grad.numpy().T, self.head.bias.grad.numpy()
         return out
 
     def initial_state(self, k, state):
         """Torch's hx for layer k, leaf tensors with gradients."""
         return {s: t64(np.stack([state[f"layers.{k}.{d}.{s}"] for d in self.dirs])).requires_grad_()
-                for s in (("h", "c") if self.cell == "lstm" else ("h",))}
+                for s in (("h", "c") if is_lstm(self.cell) else ("h",))}
 
     def forward(self, x, lengths, state):
         """Returns (top output (B, T, D), final state dict, leaf tensors of the initial state)."""
@@ -100,10 +114,10 @@ class TorchTwin:
                 leaves.update({(k, s): v for s, v in hx.items()})
             packed = torch.nn.utils.rnn.pack_padded_sequence(h, torch.tensor(lengths), batch_first=True,
                                                              enforce_sorted=False)
-            arg = None if hx is None else ((hx["h"], hx["c"]) if self.cell == "lstm" else hx["h"])
+            arg = None if hx is None else ((hx["h"], hx["c"]) if is_lstm(self.cell) else hx["h"])
             out, hn = rnn(packed, arg)
             h, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-            hn = {"h": hn[0], "c": hn[1]} if self.cell == "lstm" else {"h": hn}
+            hn = {"h": hn[0], "c": hn[1]} if is_lstm(self.cell) else {"h": hn}
             for s, v in hn.items():
                 final.update({f"layers.{k}.{d}.{s}": v[i] for i, d in enumerate(self.dirs)})
         return h, final, leaves
@@ -116,7 +130,7 @@ class TorchTwin:
             steps, rows = steps[keep], rows[keep]
             logits = self.head(out[torch.tensor(rows), torch.tensor(steps)])
             return F_.cross_entropy(logits, torch.tensor(y[rows, steps - head.delay]))
-        H = self.model.specs[-1].hidden
+        H = getattr(self.model.specs[-1], "proj", None) or self.model.specs[-1].hidden     # fw features
         last = out[torch.arange(B), torch.tensor(lengths - 1)]
         features = torch.cat([last[:, :H], out[:, 0, H:]], dim=1)
         if isinstance(head, nr.heads.Classify):

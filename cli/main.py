@@ -165,9 +165,9 @@ def _explicit(ctx, name):
 
 def _resolve_options(ctx, opts):
     """The run's options: the command line over --config over, on resume, the
-    stored run's options, then the task's defaults."""
-    from numrnn.tasks import DEFAULTS
-
+    stored run's options (the task's defaults come later, from ``_task_defaults``)."""
+    if opts["resume"] is not None and opts["out"] is not None:
+        raise click.BadParameter("--resume DIR continues the run in DIR; leave out --out", param_hint="'--out'")
     if opts["resume"] is not None:
         path = os.path.join(opts["resume"], "config.json")
         try:
@@ -182,6 +182,13 @@ def _resolve_options(ctx, opts):
         for name, value in stored.items():
             if name in opts and not _explicit(ctx, name):
                 opts[name] = value
+    return opts
+
+
+def _task_defaults(opts):
+    """Fill the options still unset with the task's defaults (imports numrnn)."""
+    from numrnn.tasks import DEFAULTS
+
     for name, value in DEFAULTS[opts["task"]].items():
         if opts.get(name) is None:
             opts[name] = value
@@ -311,6 +318,7 @@ def train(ctx, **opts):
             threads.set_num_threads(opts["threads"])
         except ValueError as e:
             raise _bad_parameter(e, "--threads") from None
+    opts = _task_defaults(opts)
     nr = _import_numrnn()
     import numpy as np
     from numrnn import tasks

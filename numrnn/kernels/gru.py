@@ -43,11 +43,13 @@ def _gru_gates_forward(gates, rh, ln_hat, ln_rstd, rec, h_prev, ln_gain, ln_shif
         for g in range(2):
             ln_rstd[g] = layer_norm_forward(gates[g * H:(g + 1) * H], ln_hat[g * H:(g + 1) * H],
                                             ln_gain[g], ln_shift[g])
+    r, u = gates[:H], gates[H:]
     for k in range(H):
-        r = sigmoid(gates[k])
-        gates[k] = r
-        gates[H + k] = sigmoid(gates[H + k])
-        rh[k] = r * h_prev[k]
+        r[k] = sigmoid(r[k])
+    for k in range(H):
+        u[k] = sigmoid(u[k])
+    for k in range(H):
+        rh[k] = r[k] * h_prev[k]
 
 
 @jit
@@ -64,11 +66,12 @@ def _gru_candidate_forward(y, h_new, cand, ln_hat, ln_rstd, gates, rec, h_prev, 
         cand[k] += rec[k]
     if ln_gain.shape[0] > 0:
         ln_rstd[2] = layer_norm_forward(cand, ln_hat[2 * H:], ln_gain[2], ln_shift[2])
+    u = gates[H:]
     for k in range(H):
-        c = tanh(cand[k])
-        u = gates[H + k]
-        cand[k] = c
-        y[k] = u * h_prev[k] + (1.0 - u) * c
+        cand[k] = tanh(cand[k])
+    for k in range(H):
+        y[k] = u[k] * h_prev[k] + (1.0 - u[k]) * cand[k]
+    for k in range(H):
         h_new[k] = y[k] * mask[k]
 
 

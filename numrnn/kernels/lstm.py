@@ -30,44 +30,50 @@ def _lstm_cell_forward(m, gates, tanh_c, c_new, c_pre, ln_hat, ln_rstd, rec, c_p
 
     gates holds x W + b on entry and σ(i), tanh(j), σ(f), σ(o) on exit (0 when padded).
     Saved for backward: tanh_c; with layer norm ln_hat (5H) and ln_rstd (5); with
-    cell_clip c_pre, the cell before clipping.
+    cell_clip c_pre, the cell before clipping. One loop per equation over
+    contiguous gate blocks, so that each vectorises.
     """
     H = c_prev.shape[0]
-    peepholes = peep.shape[0] > 0
-    layer_norm = ln_gain.shape[0] > 0
     if not valid:
         gates[:] = 0.0
         tanh_c[:] = 0.0
         m[:] = 0.0
         c_new[:] = c_prev
         return
+    i, j, f, o = gates[:H], gates[H:2 * H], gates[2 * H:3 * H], gates[3 * H:]
     for k in range(4 * H):
         gates[k] += rec[k]
-    if layer_norm:
+    if ln_gain.shape[0] > 0:
         for g in range(4):
             ln_rstd[g] = layer_norm_forward(gates[g * H:(g + 1) * H], ln_hat[g * H:(g + 1) * H],
                                             ln_gain[g], ln_shift[g])
+    if peep.shape[0] > 0:
+        for k in range(H):
+            i[k] += peep[0, k] * c_prev[k]
+            f[k] += peep[1, k] * c_prev[k]
     for k in range(H):
-        zi, zf = gates[k], gates[2 * H + k] + forget_bias
-        if peepholes:
-            zi += peep[0, k] * c_prev[k]
-            zf += peep[1, k] * c_prev[k]
-        i, j, f = sigmoid(zi), tanh(gates[H + k]), sigmoid(zf)
-        gates[k], gates[H + k], gates[2 * H + k] = i, j, f
-        c_new[k] = f * c_prev[k] + i * j
-    if layer_norm:
+        i[k] = sigmoid(i[k])
+    for k in range(H):
+        j[k] = tanh(j[k])
+    for k in range(H):
+        f[k] = sigmoid(f[k] + forget_bias)
+    for k in range(H):
+        c_new[k] = f[k] * c_prev[k] + i[k] * j[k]
+    if ln_gain.shape[0] > 0:
         ln_rstd[4] = layer_norm_forward(c_new, ln_hat[4 * H:], ln_gain[4], ln_shift[4])
-    for k in range(H):
-        if cell_clip > 0.0:
+    if cell_clip > 0.0:
+        for k in range(H):
             c_pre[k] = c_new[k]
             c_new[k] = clip(c_new[k], cell_clip)
-        zo = gates[3 * H + k]
-        if peepholes:
-            zo += peep[2, k] * c_new[k]
-        o = sigmoid(zo)
-        gates[3 * H + k] = o
+    if peep.shape[0] > 0:
+        for k in range(H):
+            o[k] += peep[2, k] * c_new[k]
+    for k in range(H):
+        o[k] = sigmoid(o[k])
+    for k in range(H):
         tanh_c[k] = tanh(c_new[k])
-        m[k] = o * tanh_c[k]
+    for k in range(H):
+        m[k] = o[k] * tanh_c[k]
 
 
 @jit
@@ -164,38 +170,39 @@ def _lstm_cell_backward(dz, dc, dpeep, dln_gain, dln_shift, dm, gates, tanh_c, c
     on exit dz = dL/dz_t (before layer norm) and dc = dL/dc_{t-1}. dpeep (3, H),
     dln_gain and dln_shift (5, H) accumulate this row's share."""
     H = c_prev.shape[0]
-    peepholes = peep.shape[0] > 0
-    layer_norm = ln_gain.shape[0] > 0
     if not valid:
         dz[:] = 0.0
         return
+    i, j, f, o = gates[:H], gates[H:2 * H], gates[2 * H:3 * H], gates[3 * H:]
+    dzi, dzj, dzf, dzo = dz[:H], dz[H:2 * H], dz[2 * H:3 * H], dz[3 * H:]
     for k in range(H):
-        i, j, f, o = gates[k], gates[H + k], gates[2 * H + k], gates[3 * H + k]
-        dzo = dm[k] * tanh_c[k] * o * (1.0 - o)
-        dct = dc[k] + dm[k] * o * (1.0 - tanh_c[k] * tanh_c[k])
-        if peepholes:
-            dct += dzo * peep[2, k]
-            dpeep[2, k] += dzo * c_new[k]
-        if cell_clip > 0.0 and abs(c_pre[k]) > cell_clip:
-            dct = 0.0
-        dz[3 * H + k] = dzo
-        dc[k] = dct
-    if layer_norm:
+        dzo[k] = dm[k] * tanh_c[k] * o[k] * (1.0 - o[k])
+    for k in range(H):
+        dc[k] += dm[k] * o[k] * (1.0 - tanh_c[k] * tanh_c[k])
+    if peep.shape[0] > 0:
+        for k in range(H):
+            dc[k] += dzo[k] * peep[2, k]
+            dpeep[2, k] += dzo[k] * c_new[k]
+    if cell_clip > 0.0:
+        for k in range(H):
+            if abs(c_pre[k]) > cell_clip:
+                dc[k] = 0.0
+    if ln_gain.shape[0] > 0:
         layer_norm_backward(dc, dln_gain[4], dln_shift[4], ln_hat[4 * H:], ln_gain[4], ln_rstd[4])
     for k in range(H):
-        i, j, f = gates[k], gates[H + k], gates[2 * H + k]
-        dct = dc[k]
-        dzi = dct * j * i * (1.0 - i)
-        dzf = dct * c_prev[k] * f * (1.0 - f)
-        dz[k] = dzi
-        dz[H + k] = dct * i * (1.0 - j * j)
-        dz[2 * H + k] = dzf
-        dc[k] = dct * f
-        if peepholes:
-            dc[k] += dzi * peep[0, k] + dzf * peep[1, k]
-            dpeep[0, k] += dzi * c_prev[k]
-            dpeep[1, k] += dzf * c_prev[k]
-    if layer_norm:
+        dzi[k] = dc[k] * j[k] * i[k] * (1.0 - i[k])
+    for k in range(H):
+        dzj[k] = dc[k] * i[k] * (1.0 - j[k] * j[k])
+    for k in range(H):
+        dzf[k] = dc[k] * c_prev[k] * f[k] * (1.0 - f[k])
+    for k in range(H):
+        dc[k] *= f[k]
+    if peep.shape[0] > 0:
+        for k in range(H):
+            dc[k] += dzi[k] * peep[0, k] + dzf[k] * peep[1, k]
+            dpeep[0, k] += dzi[k] * c_prev[k]
+            dpeep[1, k] += dzf[k] * c_prev[k]
+    if ln_gain.shape[0] > 0:
         for g in range(4):
             layer_norm_backward(dz[g * H:(g + 1) * H], dln_gain[g], dln_shift[g], ln_hat[g * H:(g + 1) * H],
                                 ln_gain[g], ln_rstd[g])

@@ -277,8 +277,8 @@ def _new_run_dir(task):
 @click.option("--state-keep", type=float, help="Dropout: keep probability of the recurrent state.")
 @click.option("--variational", is_flag=True, help="Dropout: one mask per sequence for all steps.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs. [default: 10; psmnist, pmnist: 20]")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per update. [default: 128; "
-              "synthetic: 64]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per update. [default: 64; "
+              "psmnist, pmnist: 128]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (Adam). [default: "
               "2e-3 for smnist, else 1e-3]")
 @click.option("--schedule", type=click.Choice(["constant", "step", "cosine"]),
@@ -378,8 +378,9 @@ def train(ctx, **opts):
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if result.status != "finished":
-        click.echo(f"numrnn train: {result.status}; try a lower --lr or --clip-norm. "
-                   f"Continue from the last good checkpoint with: numrnn train --resume {out}", err=True)
+        click.echo(f"numrnn train: {result.status}. last.npz holds the last good state; continue from it with "
+                   f"a lower learning rate (numrnn train --resume {out} --lr ...) or start again with a lower "
+                   "--lr or --clip-norm", err=True)
         ctx.exit(1)
     summary = {"run": out, "task": task.name, "status": result.status, "epochs": result.epoch,
                "steps": result.step, "best": result.best, "test": result.test}

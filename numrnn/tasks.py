@@ -38,7 +38,7 @@ SYNTHETIC_TEST_SIZE = 1000
 _COMMON = {"cell": "lstm", "hidden": [128], "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
            "warmup": 100, "clip_norm": 1.0, "weight_decay": 0.0}
 DEFAULTS = {
-    "smnist": {**_COMMON, "epochs": 10},
+    "smnist": {**_COMMON, "epochs": 10, "batch_size": 64},
     "psmnist": {**_COMMON, "epochs": 20, "lr": 1e-3},
     "pmnist": {**_COMMON, "epochs": 20, "lr": 1e-3},
     "adding": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 200, "train_size": 20000},

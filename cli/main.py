@@ -7,7 +7,6 @@ import datetime
 import json
 import os
 import re
-import sys
 
 import click
 from click.core import ParameterSource

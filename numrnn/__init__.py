@@ -1,19 +1,22 @@
 """numrnn: recurrent neural networks on the CPU, Numba kernels, hand-derived BPTT."""
 import os
 
-# Numba's OpenMP workers busy-wait after each parallel region and starve the
-# BLAS threads that run the next GEMM; passive waiting avoids a 10-50x slowdown.
-# It must be set before the first parallel kernel starts the thread pool.
+# Numba's OpenMP workers busy-wait after each parallel region and starve any
+# other thread pool on the machine (NumPy's BLAS, a second process); passive
+# waiting avoids a 10-50x slowdown under contention. It must be set before the
+# first parallel kernel starts the thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import heads  # noqa: E402
+from . import ctc, heads  # noqa: E402
 from .cells import GRU, LSTM, RNN, Dropout  # noqa: E402
 from .model import SequenceModel  # noqa: E402
 from .optim import SGD, Adam  # noqa: E402
 from .io import load, save  # noqa: E402
+from .threads import get_num_threads, set_num_threads  # noqa: E402
 from .train import Split, TrainConfig, TrainingInterrupted, evaluate, train  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "Adam", "SGD", "save", "load",
-           "train", "evaluate", "Split", "TrainConfig", "TrainingInterrupted", "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "ctc", "Adam", "SGD", "save", "load",
+           "train", "evaluate", "Split", "TrainConfig", "TrainingInterrupted", "set_num_threads",
+           "get_num_threads", "__version__"]

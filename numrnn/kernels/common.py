@@ -10,6 +10,8 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
+from ..threads import pin_kernel_blas
+
 # error_model="numpy": a float division by zero gives inf/nan instead of raising,
 # which removes a branch per division and lets LLVM vectorise the gate loops.
 jit = numba.njit(cache=True, inline="always", error_model="numpy")
@@ -158,6 +160,7 @@ class ParallelKernel:
         return self._serial_build
 
     def __call__(self, *args):
+        pin_kernel_blas()
         if ParallelKernel.serial:
             return self.serial_build(*args)
         return self.parallel_build(*args)
@@ -186,49 +189,92 @@ def reverse_within_lengths(out, x, lengths):
 
 
 @jit
-def input_projection(z, x, W, b):
-    """z[t, b] = x[t, b] @ W + b for all steps at once: one GEMM (DESIGN.md §6.1).
+def slab(s, n_slabs, n):
+    """Rows [lo, hi) of slab s of n_slabs nearly equal slabs of n rows.
+
+    Kernels run one slab per Numba thread (n_slabs is the thread count, passed in
+    by the caller: a kernel that asks Numba for it cannot be cached): each thread
+    does the GEMMs and the gate math of its own rows with single-threaded BLAS, so
+    one thread pool does all the work (PERF_NOTES.md, trap 2) and each step is a
+    single parallel region. Results depend on n_slabs only through GEMM rounding.
+    """
+    per = (n + n_slabs - 1) // n_slabs
+    lo = min(n, s * per)
+    return lo, min(n, lo + per)
+
+
+@jit
+def input_projection(z, x, W, b, n_slabs):
+    """z[t, b] = x[t, b] @ W + b for all steps at once: one GEMM (DESIGN.md §6.1),
+    cut into row slabs.
 
     z: (T, B, G) out, x: (T, B, F), W: (F, G), b: (G,) or (0,) for no bias.
     """
     T, B, F = x.shape
     G = W.shape[1]
     z2 = z.reshape((T * B, G))
-    np.dot(x.reshape((T * B, F)), W, z2)
-    if b.shape[0] == 0:
-        return
-    for row in prange(T * B):
-        for k in range(G):
-            z2[row, k] += b[k]
+    x2 = x.reshape((T * B, F))
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, T * B)
+        if hi > lo:
+            np.dot(x2[lo:hi], W, z2[lo:hi])
+            if b.shape[0] > 0:
+                for row in range(lo, hi):
+                    for k in range(G):
+                        z2[row, k] += b[k]
 
 
 @jit
-def accumulate_weight_grads(dW, x, dz):
-    """dW += x^T dz summed over all steps and rows: one GEMM after the time loop.
+def accumulate_weight_grads(dW, x, dz, n_slabs):
+    """dW += x^T dz summed over all steps and rows: one GEMM after the time loop,
+    as a sum of per-slab GEMMs (added in slab order, so the result is the same
+    for a given thread count).
 
     dW: (F, G), x: (T, B, F), dz: (T, B, G).
     """
     T, B, F = x.shape
     G = dz.shape[2]
-    add_into(dW, np.dot(x.reshape((T * B, F)).T, dz.reshape((T * B, G))))
+    x2 = x.reshape((T * B, F))
+    dz2 = dz.reshape((T * B, G))
+    partial = np.zeros((n_slabs, F, G), dW.dtype)
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, T * B)
+        if hi > lo:
+            np.dot(x2[lo:hi].T, dz2[lo:hi], partial[s])
+    for s in range(n_slabs):
+        add_into(dW, partial[s])
 
 
 @jit
-def accumulate_bias_grads(db, dz):
+def accumulate_bias_grads(db, dz, n_slabs):
     """db += sum of dz over all steps and rows: db (G,) or (0,) for no bias, dz (T, B, G).
-    A GEMV with a vector of ones: BLAS reads dz once, in order."""
+    Per-slab sums added in slab order."""
     T, B, G = dz.shape
     if db.shape[0] == 0:
         return
-    db += np.dot(np.ones(T * B, dz.dtype), dz.reshape((T * B, G)))
+    dz2 = dz.reshape((T * B, G))
+    partial = np.zeros((n_slabs, G), dz.dtype)
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, T * B)
+        for row in range(lo, hi):
+            for k in range(G):
+                partial[s, k] += dz2[row, k]
+    for s in range(n_slabs):
+        for k in range(G):
+            db[k] += partial[s, k]
 
 
 @jit
-def accumulate_input_grads(dx, dz, W):
-    """dx += dz @ W^T over all steps: dx (T, B, F), dz (T, B, G), W (F, G)."""
+def accumulate_input_grads(dx, dz, W, n_slabs):
+    """dx += dz @ W^T over all steps, in row slabs: dx (T, B, F), dz (T, B, G), W (F, G)."""
     T, B, F = dx.shape
     G = dz.shape[2]
-    add_into(dx.reshape((T * B, F)), np.dot(dz.reshape((T * B, G)), W.T))
+    dx2 = dx.reshape((T * B, F))
+    dz2 = dz.reshape((T * B, G))
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, T * B)
+        if hi > lo:
+            dx2[lo:hi] += np.dot(dz2[lo:hi], W.T)
 
 
 @jit

@@ -19,12 +19,12 @@ the output is h_t itself.
 
 Time-major throughout. Steps at t >= lengths[b] output 0 and carry h unchanged.
 """
-from numba import prange
 import numpy as np
+from numba import prange
 
 from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,
                      input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row, sigmoid,
-                     sum_rows_into, tanh)
+                     slab, sum_rows_into, tanh)
 
 
 # ---------------------------------------------------------------- reset_after=False
@@ -77,7 +77,7 @@ def _gru_candidate_forward(y, h_new, cand, ln_hat, ln_rstd, gates, rec, h_prev, 
 
 @kernel
 def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c, b_c, ln_gain, ln_shift,
-                state_mask, lengths, rec_g, rec_c):
+                state_mask, lengths, rec_g, rec_c, n_slabs):
     """Forward pass of the TF GRUCell over a whole sequence.
 
     Args:
@@ -90,23 +90,28 @@ def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U
             b_g, b_c (0,) with layer norm.  ln_gain, ln_shift: (3, H) or (0, H).
         state_mask: (T, B, H) state-dropout mask, or (1, B, H).
         lengths: (B,) int.  rec_g: (B, 2H), rec_c: (B, H) workspaces.
+        n_slabs: row slabs, one per Numba thread (common.slab).
 
     Notes:
         tf.compat.v1.nn.rnn_cell.GRUCell (Cho et al. 2014); layer norm as Ba et al. 2016.
     """
     T, B, _ = x.shape
-    input_projection(gates, x, W_g, b_g)
-    input_projection(cand, x, W_c, b_c)
+    input_projection(gates, x, W_g, b_g, n_slabs)
+    input_projection(cand, x, W_c, b_c, n_slabs)
     for t in range(T):
-        np.dot(h[t], U_g, rec_g)
-        for row in prange(B):
-            _gru_gates_forward(gates[t, row], rh[t, row], ln_hat[t, row], ln_rstd[t, row], rec_g[row], h[t, row],
-                               ln_gain, ln_shift, t < lengths[row])
-        np.dot(rh[t], U_c, rec_c)
-        for row in prange(B):
-            _gru_candidate_forward(y[t, row], h[t + 1, row], cand[t, row], ln_hat[t, row], ln_rstd[t, row],
-                                   gates[t, row], rec_c[row], h[t, row], ln_gain, ln_shift,
-                                   mask_row(state_mask, t, row), t < lengths[row])
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
+            np.dot(h[t, lo:hi], U_g, rec_g[lo:hi])
+            for row in range(lo, hi):
+                _gru_gates_forward(gates[t, row], rh[t, row], ln_hat[t, row], ln_rstd[t, row], rec_g[row],
+                                   h[t, row], ln_gain, ln_shift, t < lengths[row])
+            np.dot(rh[t, lo:hi], U_c, rec_c[lo:hi])
+            for row in range(lo, hi):
+                _gru_candidate_forward(y[t, row], h[t + 1, row], cand[t, row], ln_hat[t, row], ln_rstd[t, row],
+                                       gates[t, row], rec_c[row], h[t, row], ln_gain, ln_shift,
+                                       mask_row(state_mask, t, row), t < lengths[row])
 
 
 @jit
@@ -153,7 +158,7 @@ def _gru_gates_backward(dz_g, dln_gain, dln_shift, dh_carry, d_rh, gates, ln_hat
 @kernel
 def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shift, dy, dhT,
                  h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, W_c, U_c, ln_gain, state_mask, lengths, need_dx,
-                 dz_g, dz_c, dh_carry, dh_rec, d_rh, dln_gain_rows, dln_shift_rows):
+                 dz_g, dz_c, dh_carry, dh_rec, d_rh, dln_gain_rows, dln_shift_rows, n_slabs):
     """Backpropagation through time for the TF GRUCell; accumulates (+=) into dx and
     the parameter gradients, writes dh0.
 
@@ -164,6 +169,7 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
         h, gates, cand, rh, ln_hat, ln_rstd: saved by gru_forward.
         dz_g: (T, B, 2H), dz_c: (T, B, H), dh_carry, dh_rec, d_rh: (B, H),
             dln_gain_rows, dln_shift_rows: (B, 3, H) or (B, 0, H) workspaces.
+        n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
     dh_carry[:] = dhT
@@ -171,31 +177,35 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
     dln_gain_rows[:] = 0.0
     dln_shift_rows[:] = 0.0
     for t in range(T - 1, -1, -1):
-        for row in prange(B):
-            _gru_candidate_backward(dz_c[t, row], dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row],
-                                    dh_carry[row], dh_rec[row], dy[t, row], gates[t, row], cand[t, row],
-                                    ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
-                                    mask_row(state_mask, t, row), t < lengths[row])
-        np.dot(dz_c[t], U_c.T, d_rh)
-        for row in prange(B):
-            _gru_gates_backward(dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row], dh_carry[row], d_rh[row],
-                                gates[t, row], ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
-                                t < lengths[row])
-        np.dot(dz_g[t], U_g.T, dh_rec)
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
+            for row in range(lo, hi):
+                _gru_candidate_backward(dz_c[t, row], dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row],
+                                        dh_carry[row], dh_rec[row], dy[t, row], gates[t, row], cand[t, row],
+                                        ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
+                                        mask_row(state_mask, t, row), t < lengths[row])
+            np.dot(dz_c[t, lo:hi], U_c.T, d_rh[lo:hi])
+            for row in range(lo, hi):
+                _gru_gates_backward(dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row], dh_carry[row],
+                                    d_rh[row], gates[t, row], ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
+                                    t < lengths[row])
+            np.dot(dz_g[t, lo:hi], U_g.T, dh_rec[lo:hi])
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
     G = dln_gain.shape[0] * dln_gain.shape[1]
     sum_rows_into(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
     sum_rows_into(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
-    accumulate_weight_grads(dW_g, x, dz_g)
-    accumulate_weight_grads(dU_g, h[:T], dz_g)
-    accumulate_bias_grads(db_g, dz_g)
-    accumulate_weight_grads(dW_c, x, dz_c)
-    accumulate_weight_grads(dU_c, rh, dz_c)
-    accumulate_bias_grads(db_c, dz_c)
+    accumulate_weight_grads(dW_g, x, dz_g, n_slabs)
+    accumulate_weight_grads(dU_g, h[:T], dz_g, n_slabs)
+    accumulate_bias_grads(db_g, dz_g, n_slabs)
+    accumulate_weight_grads(dW_c, x, dz_c, n_slabs)
+    accumulate_weight_grads(dU_c, rh, dz_c, n_slabs)
+    accumulate_bias_grads(db_c, dz_c, n_slabs)
     if need_dx:
-        accumulate_input_grads(dx, dz_g, W_g)
-        accumulate_input_grads(dx, dz_c, W_c)
+        accumulate_input_grads(dx, dz_g, W_g, n_slabs)
+        accumulate_input_grads(dx, dz_c, W_c, n_slabs)
 
 
 # ---------------------------------------------------------------- reset_after=True
@@ -221,7 +231,7 @@ def _gru_ra_step_forward(y, h_new, gates, q_c, rec, b_h, h_prev, mask, valid):
 
 
 @kernel
-def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec):
+def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec, n_slabs):
     """Forward pass of the reset-after GRU over a whole sequence.
 
     Args:
@@ -230,17 +240,22 @@ def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec
         x: (T, B, F).  W (F, 3H), U (H, 3H), b_x (3H,), b_h (3H,).
         state_mask: (T, B, H) state-dropout mask, or (1, B, H).
         lengths: (B,) int.  rec: (B, 3H) workspace.
+        n_slabs: row slabs, one per Numba thread (common.slab).
 
     Notes:
         torch.nn.GRU (gates r, z, n = our r, u, c), cuDNN, Keras GRU(reset_after=True).
     """
     T, B, _ = x.shape
-    input_projection(gates, x, W, b_x)
+    input_projection(gates, x, W, b_x, n_slabs)
     for t in range(T):
-        np.dot(h[t], U, rec)
-        for row in prange(B):
-            _gru_ra_step_forward(y[t, row], h[t + 1, row], gates[t, row], q_c[t, row], rec[row], b_h,
-                                 h[t, row], mask_row(state_mask, t, row), t < lengths[row])
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
+            np.dot(h[t, lo:hi], U, rec[lo:hi])
+            for row in range(lo, hi):
+                _gru_ra_step_forward(y[t, row], h[t + 1, row], gates[t, row], q_c[t, row], rec[row], b_h,
+                                     h[t, row], mask_row(state_mask, t, row), t < lengths[row])
 
 
 @jit
@@ -267,7 +282,7 @@ def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, mask
 
 @kernel
 def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U, state_mask, lengths, need_dx,
-                    da, dq, dh_carry, dh_rec):
+                    da, dq, dh_carry, dh_rec, n_slabs):
     """Backpropagation through time for the reset-after GRU; accumulates (+=) into dx
     and the parameter gradients, writes dh0.
 
@@ -276,21 +291,26 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
         dy: (T, B, H).  dhT: (B, H) dL/d(final state).
         h, gates, q_c: saved by gru_ra_forward.
         da, dq: (T, B, 3H), dh_carry, dh_rec: (B, H) workspaces.
+        n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
     for t in range(T - 1, -1, -1):
-        for row in prange(B):
-            _gru_ra_step_backward(da[t, row], dq[t, row], dh_carry[row], dh_rec[row], dy[t, row],
-                                  gates[t, row], q_c[t, row], h[t, row], mask_row(state_mask, t, row),
-                                  t < lengths[row])
-        np.dot(dq[t], U.T, dh_rec)
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
+            for row in range(lo, hi):
+                _gru_ra_step_backward(da[t, row], dq[t, row], dh_carry[row], dh_rec[row], dy[t, row],
+                                      gates[t, row], q_c[t, row], h[t, row], mask_row(state_mask, t, row),
+                                      t < lengths[row])
+            np.dot(dq[t, lo:hi], U.T, dh_rec[lo:hi])
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
-    accumulate_weight_grads(dW, x, da)
-    accumulate_bias_grads(db_x, da)
-    accumulate_weight_grads(dU, h[:T], dq)
-    accumulate_bias_grads(db_h, dq)
+    accumulate_weight_grads(dW, x, da, n_slabs)
+    accumulate_bias_grads(db_x, da, n_slabs)
+    accumulate_weight_grads(dU, h[:T], dq, n_slabs)
+    accumulate_bias_grads(db_h, dq, n_slabs)
     if need_dx:
-        accumulate_input_grads(dx, da, W)
+        accumulate_input_grads(dx, da, W, n_slabs)

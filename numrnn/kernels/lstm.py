@@ -15,12 +15,12 @@ workspaces it would need then have an empty last axis.
 Time-major throughout. Steps at t >= lengths[b] output 0 and carry (c, r)
 unchanged, so c[T], r[T] are each sequence's final state.
 """
-from numba import prange
 import numpy as np
+from numba import prange
 
 from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,
                      clip, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
-                     sigmoid, sum_rows_into, tanh)
+                     sigmoid, slab, sum_rows_into, tanh)
 
 
 @jit
@@ -95,7 +95,7 @@ def _lstm_output_forward(y, r_new, r_pre, r_prev, mask, proj_clip, valid):
 @kernel
 def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
                  x, W, U, b, peep, P, ln_gain, ln_shift, state_mask, lengths, forget_bias, cell_clip, proj_clip,
-                 rec):
+                 rec, n_slabs):
     """Forward pass over a whole sequence.
 
     Args:
@@ -113,6 +113,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
         state_mask: (T, B, R) state-dropout mask, or (1, B, R).
         lengths: (B,) int.  forget_bias, cell_clip, proj_clip: floats (clips: 0 = off).
         rec: (B, 4H) workspace for r_{t-1} U.
+        n_slabs: row slabs, one per Numba thread (common.slab).
 
     Notes:
         tf.compat.v1.nn.rnn_cell.LSTMCell (peepholes: Sak et al. 2014; projection:
@@ -122,23 +123,22 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
     """
     T, B, _ = x.shape
     proj = P.shape[0] > 0
-    input_projection(gates, x, W, b)
+    input_projection(gates, x, W, b, n_slabs)
     for t in range(T):
-        np.dot(r[t], U, rec)
-        if proj:
-            for row in prange(B):
-                _lstm_cell_forward(m[t, row], gates[t, row], tanh_c[t, row], c[t + 1, row], c_pre[t, row],
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
+            np.dot(r[t, lo:hi], U, rec[lo:hi])
+            # Without projection m_t is r_t: the cell writes it straight into y.
+            m_out = m[t] if proj else y[t]
+            for row in range(lo, hi):
+                _lstm_cell_forward(m_out[row], gates[t, row], tanh_c[t, row], c[t + 1, row], c_pre[t, row],
                                    ln_hat[t, row], ln_rstd[t, row], rec[row], c[t, row], peep, ln_gain,
                                    ln_shift, forget_bias, cell_clip, t < lengths[row])
-            np.dot(m[t], P, y[t])
-            for row in prange(B):
-                _lstm_output_forward(y[t, row], r[t + 1, row], r_pre[t, row], r[t, row],
-                                     mask_row(state_mask, t, row), proj_clip, t < lengths[row])
-        else:
-            for row in prange(B):
-                _lstm_cell_forward(y[t, row], gates[t, row], tanh_c[t, row], c[t + 1, row], c_pre[t, row],
-                                   ln_hat[t, row], ln_rstd[t, row], rec[row], c[t, row], peep, ln_gain,
-                                   ln_shift, forget_bias, cell_clip, t < lengths[row])
+            if proj:
+                np.dot(m[t, lo:hi], P, y[t, lo:hi])
+            for row in range(lo, hi):
                 _lstm_output_forward(y[t, row], r[t + 1, row], r_pre[t, row], r[t, row],
                                      mask_row(state_mask, t, row), proj_clip, t < lengths[row])
 
@@ -212,7 +212,7 @@ def _lstm_cell_backward(dz, dc, dpeep, dln_gain, dln_shift, dm, gates, tanh_c, c
 def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, drT, dcT,
                   r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
                   x, W, U, peep, P, ln_gain, state_mask, lengths, cell_clip, proj_clip, need_dx,
-                  dz, dr, dm, dr_carry, dr_rec, dpeep_rows, dln_gain_rows, dln_shift_rows):
+                  dz, dr, dm, dr_carry, dr_rec, dpeep_rows, dln_gain_rows, dln_shift_rows, n_slabs):
     """Backpropagation through time. Accumulates (+=) into dx and the parameter
     gradients; writes dr0, dc0.
 
@@ -226,6 +226,7 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
         dz: (T, B, 4H), dr: (T, B, R) with proj (else (T, B, 0)), dm: (B, H),
             dr_carry, dr_rec: (B, R), dpeep_rows (B, 3, H) or (B, 0, H),
             dln_gain_rows, dln_shift_rows (B, 5, H) or (B, 0, H): workspaces.
+        n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
     proj = P.shape[0] > 0
@@ -236,30 +237,34 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
     dln_gain_rows[:] = 0.0
     dln_shift_rows[:] = 0.0
     for t in range(T - 1, -1, -1):
-        if proj:
-            for row in prange(B):
-                _lstm_output_backward(dr[t, row], dr_carry[row], dr_rec[row], dy[t, row], r_pre[t, row],
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
+            # dL/dr_t lands in dr (then dm = dr P^T) with projection, else straight in dm.
+            dr_out = dr[t] if proj else dm
+            for row in range(lo, hi):
+                _lstm_output_backward(dr_out[row], dr_carry[row], dr_rec[row], dy[t, row], r_pre[t, row],
                                       mask_row(state_mask, t, row), proj_clip, t < lengths[row])
-            np.dot(dr[t], P.T, dm)
-        for row in prange(B):
-            if not proj:
-                _lstm_output_backward(dm[row], dr_carry[row], dr_rec[row], dy[t, row], r_pre[t, row],
-                                      mask_row(state_mask, t, row), proj_clip, t < lengths[row])
-            _lstm_cell_backward(dz[t, row], dc0[row], dpeep_rows[row], dln_gain_rows[row], dln_shift_rows[row],
-                                dm[row], gates[t, row], tanh_c[t, row], c[t, row], c[t + 1, row], c_pre[t, row],
-                                ln_hat[t, row], ln_rstd[t, row], peep, ln_gain, cell_clip, t < lengths[row])
-        np.dot(dz[t], U.T, dr_rec)
+            if proj:
+                np.dot(dr[t, lo:hi], P.T, dm[lo:hi])
+            for row in range(lo, hi):
+                _lstm_cell_backward(dz[t, row], dc0[row], dpeep_rows[row], dln_gain_rows[row], dln_shift_rows[row],
+                                    dm[row], gates[t, row], tanh_c[t, row], c[t, row], c[t + 1, row],
+                                    c_pre[t, row], ln_hat[t, row], ln_rstd[t, row], peep, ln_gain, cell_clip,
+                                    t < lengths[row])
+            np.dot(dz[t, lo:hi], U.T, dr_rec[lo:hi])
     dr0[:] = dr_carry
     add_into(dr0, dr_rec)
-    accumulate_weight_grads(dW, x, dz)
-    accumulate_weight_grads(dU, r[:T], dz)
-    accumulate_bias_grads(db, dz)
+    accumulate_weight_grads(dW, x, dz, n_slabs)
+    accumulate_weight_grads(dU, r[:T], dz, n_slabs)
+    accumulate_bias_grads(db, dz, n_slabs)
     if proj:
-        accumulate_weight_grads(dP, m, dr)
+        accumulate_weight_grads(dP, m, dr, n_slabs)
     G = dpeep.shape[0] * dpeep.shape[1]
     sum_rows_into(dpeep.reshape(G), dpeep_rows.reshape((B, G)))
     G = dln_gain.shape[0] * dln_gain.shape[1]
     sum_rows_into(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
     sum_rows_into(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
     if need_dx:
-        accumulate_input_grads(dx, dz, W)
+        accumulate_input_grads(dx, dz, W, n_slabs)

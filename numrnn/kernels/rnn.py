@@ -9,7 +9,7 @@ import numpy as np
 from numba import prange
 
 from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads,
-                     add_into, input_projection, jit, kernel, mask_row, relu, tanh)
+                     add_into, input_projection, jit, kernel, mask_row, relu, slab, tanh)
 
 
 @jit
@@ -27,7 +27,7 @@ def _rnn_step_forward(y, h_new, z, rec, h_prev, mask, valid, use_relu):
 
 
 @kernel
-def rnn_forward(y, h, x, W, U, b, state_mask, lengths, use_relu, z, rec):
+def rnn_forward(y, h, x, W, U, b, state_mask, lengths, use_relu, z, rec, n_slabs):
     """Forward pass over a whole sequence.
 
     Args:
@@ -40,17 +40,21 @@ def rnn_forward(y, h, x, W, U, b, state_mask, lengths, use_relu, z, rec):
         lengths: (B,) int, 0 <= lengths[b] <= T.
         use_relu: relu instead of tanh.
         z: (T, B, H) workspace for x W + b.  rec: (B, H) workspace for h U.
+        n_slabs: row slabs, one per Numba thread (common.slab).
 
     Notes:
         Elman network; PyTorch ``nn.RNN(nonlinearity='tanh'|'relu')``.
     """
     T, B, _ = x.shape
-    input_projection(z, x, W, b)
+    input_projection(z, x, W, b, n_slabs)
     for t in range(T):
-        np.dot(h[t], U, rec)
-        for row in prange(B):
-            _rnn_step_forward(y[t, row], h[t + 1, row], z[t, row], rec[row], h[t, row],
-                              mask_row(state_mask, t, row), t < lengths[row], use_relu)
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi > lo:
+                np.dot(h[t, lo:hi], U, rec[lo:hi])
+            for row in range(lo, hi):
+                _rnn_step_forward(y[t, row], h[t + 1, row], z[t, row], rec[row], h[t, row],
+                                  mask_row(state_mask, t, row), t < lengths[row], use_relu)
 
 
 @jit
@@ -75,7 +79,7 @@ def _rnn_step_backward(dz, dh_carry, dh_rec, dy, y, mask, valid, use_relu):
 
 @kernel
 def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, lengths, use_relu, need_dx,
-                 dz, dh_carry, dh_rec):
+                 dz, dh_carry, dh_rec, n_slabs):
     """Backpropagation through time. Accumulates (+=) into dx, dW, dU, db; writes dh0.
 
     Args:
@@ -85,19 +89,23 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
         y, h: outputs and states saved by rnn_forward.
         x, W, U, state_mask, lengths, use_relu: as forward.
         dz: (T, B, H), dh_carry, dh_rec: (B, H) workspaces.
+        n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
     for t in range(T - 1, -1, -1):
-        for row in prange(B):
-            _rnn_step_backward(dz[t, row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
-                               mask_row(state_mask, t, row), t < lengths[row], use_relu)
-        np.dot(dz[t], U.T, dh_rec)
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            for row in range(lo, hi):
+                _rnn_step_backward(dz[t, row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
+                                   mask_row(state_mask, t, row), t < lengths[row], use_relu)
+            if hi > lo:
+                np.dot(dz[t, lo:hi], U.T, dh_rec[lo:hi])
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
-    accumulate_weight_grads(dW, x, dz)
-    accumulate_weight_grads(dU, h[:T], dz)
-    accumulate_bias_grads(db, dz)
+    accumulate_weight_grads(dW, x, dz, n_slabs)
+    accumulate_weight_grads(dU, h[:T], dz, n_slabs)
+    accumulate_bias_grads(db, dz, n_slabs)
     if need_dx:
-        accumulate_input_grads(dx, dz, W)
+        accumulate_input_grads(dx, dz, W, n_slabs)

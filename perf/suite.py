@@ -15,7 +15,9 @@ How a case is measured
    PyTorch best, in an order that rotates from round to round, so that a busy
    spell of the shared machine falls on all three alike. The number of rounds is
    the time budget of the case divided by the time of one round, within
-   [min, max] (see ``Settings``).
+   [min, max] (see ``Settings``); a case whose rounds would exceed ``max_case_s``
+   (a machine so oversubscribed that a step takes seconds) gets fewer rounds, at
+   least one, and a "capped" note in its record.
 5. Report medians with min and max; ratios are torch median / numrnn median
    (above 1: numrnn is faster).
 
@@ -73,13 +75,16 @@ class Settings:
     budget_s: float          # time budget of one case's timed rounds
     min_rounds: int
     max_rounds: int
+    max_case_s: float        # hard cap: fewer than min_rounds (at least 1) when a round is slower
     cold_reps: int
     warm_reps: int
     memory: bool
 
 
-FULL = Settings(budget_s=8.0, min_rounds=4, max_rounds=25, cold_reps=1, warm_reps=5, memory=True)
-QUICK = Settings(budget_s=3.0, min_rounds=3, max_rounds=9, cold_reps=0, warm_reps=3, memory=False)
+FULL = Settings(budget_s=15.0, min_rounds=5, max_rounds=31, max_case_s=75.0, cold_reps=2, warm_reps=5,
+                memory=True)
+QUICK = Settings(budget_s=3.0, min_rounds=3, max_rounds=9, max_case_s=20.0, cold_reps=0, warm_reps=3,
+                 memory=False)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -166,13 +171,16 @@ def run_case(spec, threads, settings, worker, log):
         checks["numrnn_float64"] = cases_module.compare_results(spec, ours.check(torch_names=False), reference)
     record["check"] = {k: {"max_rel_error": err, "worst": where} for k, (err, where) in checks.items()}
 
-    # warm up twice, then calibrate calls per sample from the second warm-up
-    one = {}
-    for _ in range(2):
-        one = {side: timer(1) for side, timer in sides.items()}
+    # warm up twice (once for a side slower than 0.5 s a call), then calibrate calls
+    # per sample from the last warm-up
+    one = {side: timer(1) for side, timer in sides.items()}
+    one.update({side: timer(1) for side, timer in sides.items() if one[side] < 0.5})
     calls = {side: max(1, math.ceil(MIN_SAMPLE_S / max(t, 1e-9))) for side, t in one.items()}
-    round_s = sum(one[s] * calls[s] for s in sides)
-    rounds = int(min(settings.max_rounds, max(settings.min_rounds, settings.budget_s // max(round_s, 1e-9))))
+    round_s = max(sum(one[s] * calls[s] for s in sides), 1e-9)
+    rounds = int(min(settings.max_rounds, max(settings.min_rounds, settings.budget_s // round_s)))
+    if rounds * round_s > settings.max_case_s:   # a case too slow to repeat min_rounds times (oversubscribed)
+        rounds = max(1, min(rounds, int(settings.max_case_s // round_s)))
+        record["capped"] = f"{rounds} rounds: one round took {round_s:.1f} s (cap {settings.max_case_s:.0f} s)"
     if torch is not None:
         record["torch_default_flush_fraction"] = torch_side.denormal_probe()
     names = list(sides)
@@ -308,7 +316,8 @@ def format_row(rec):
     td = fmt_time(rec["torch_default"]["median"]) if "torch_default" in rec else "-"
     tb = fmt_time(rec["torch_best"]["median"]) if "torch_best" in rec else "-"
     return (f"{rec['name']:34s} {rec['threads']:>3d}  {fmt_side(rec['numrnn']):32s} {td:16s} {tb:16s} "
-            f"{ratio('ratio_best'):>9s} {ratio('ratio_default'):>9s}")
+            f"{ratio('ratio_best'):>9s} {ratio('ratio_default'):>9s}  n={rec['numrnn']['n']}"
+            + (" (capped)" if "capped" in rec else ""))
 
 
 def format_report(result):

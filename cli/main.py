@@ -451,6 +451,345 @@ def eval_command(target, split, limit, mnist, threads):
 
 
 # ---------------------------------------------------------------------------
+# numrnn predict, numrnn info
+
+
+def _model_file(target):
+    """A model path: the file itself, or a run directory's model.npz."""
+    return os.path.join(target, "model.npz") if os.path.isdir(target) else target
+
+
+def _load_model(nr, target):
+    path = _model_file(target)
+    try:
+        return path, nr.load(path)
+    except (OSError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="'MODEL'") from None
+
+
+def _run_task(model_path):
+    """The task name in the config.json beside a model file, or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)["task"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_pgm(data):
+    """(rows, cols) uint8 pixels of a binary (P5) or plain (P2) PGM with maxval <= 255."""
+    tokens, pos = [], 0
+    while len(tokens) < 4:      # magic, width, height, maxval; comments run from '#' to the end of the line
+        while pos < len(data) and data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b"#":
+            while pos < len(data) and data[pos:pos + 1] not in (b"\n", b"\r"):
+                pos += 1
+            continue
+        start = pos
+        while pos < len(data) and not data[pos:pos + 1].isspace() and data[pos:pos + 1] != b"#":
+            pos += 1
+        if start == pos:
+            raise ValueError("truncated PGM header")
+        tokens.append(data[start:pos])
+    magic = tokens[0]
+    if magic not in (b"P5", b"P2"):
+        raise ValueError(f"not a PGM file (magic {magic!r}; expected P5 or P2)")
+    try:
+        width, height, maxval = (int(t) for t in tokens[1:])
+    except ValueError:
+        raise ValueError(f"bad PGM header {tokens!r}") from None
+    if not 0 < maxval <= 255:
+        raise ValueError(f"PGM maxval {maxval}: only 8-bit images (maxval <= 255) are read")
+    import numpy as np
+    if magic == b"P5":
+        pixels = np.frombuffer(data[pos + 1:pos + 1 + width * height], np.uint8)
+    else:
+        pixels = np.array(data[pos:].split()[:width * height], dtype=np.int64)
+    if pixels.size != width * height:
+        raise ValueError(f"truncated PGM: {pixels.size} of {width * height} pixels")
+    return (pixels.reshape(height, width).astype(np.float64) * (255.0 / maxval)).round().astype(np.uint8)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}     # colour type -> samples per pixel (gray, RGB, gray+alpha, RGBA)
+
+
+def _read_png(data):
+    """(rows, cols) uint8 gray pixels of an 8-bit, non-interlaced PNG (gray, gray+alpha, RGB or RGBA;
+    colour is averaged, alpha ignored)."""
+    import struct
+    import zlib
+
+    import numpy as np
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ValueError("not a PNG file (bad signature)")
+    pos, header, idat = len(_PNG_SIGNATURE), None, []
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if len(body) != length:
+            raise ValueError(f"truncated PNG chunk {kind!r}")
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or not idat:
+        raise ValueError("PNG without IHDR or IDAT")
+    width, height, depth, colour, _, _, interlace = header
+    if depth != 8 or colour not in _PNG_CHANNELS or interlace:
+        raise ValueError(f"PNG bit depth {depth}, colour type {colour}, interlace {interlace}: only 8-bit "
+                         "non-interlaced gray, gray+alpha, RGB or RGBA images are read")
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error as e:
+        raise ValueError(f"corrupt PNG image data ({e})") from None
+    bpp = _PNG_CHANNELS[colour]
+    stride = width * bpp
+    if len(raw) != height * (stride + 1):
+        raise ValueError(f"PNG image data has {len(raw)} bytes, expected {height * (stride + 1)}")
+    out = np.zeros((height, stride), np.int64)
+    prev = np.zeros(stride, np.int64)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int64)
+        if kind == 0:
+            row = line
+        elif kind == 2:
+            row = (line + prev) & 255
+        elif kind in (1, 3, 4):     # Sub, Average, Paeth depend on the pixel to the left: one byte at a time
+            row = np.zeros(stride, np.int64)
+            for i in range(stride):
+                a = row[i - bpp] if i >= bpp else 0
+                b, c = prev[i], (prev[i - bpp] if i >= bpp else 0)
+                if kind == 1:
+                    pred = a
+                elif kind == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                row[i] = (line[i] + pred) & 255
+        else:
+            raise ValueError(f"PNG row {y} has unknown filter type {kind}")
+        out[y], prev = row, row
+    pixels = out.reshape(height, width, bpp)
+    gray = pixels[..., 0] if bpp <= 2 else pixels[..., :3].mean(axis=2).round()
+    return gray.astype(np.uint8)
+
+
+def _image_input(path, model, model_path):
+    """An MNIST-shaped model's input (1, T, F) from a 28 x 28 digit image (light ink on a dark
+    background, as MNIST), pixel / 255: rows for input_size 28 (smnist), pixels for input_size 1
+    (psmnist; pmnist's permutation when the run's config.json names that task)."""
+    import numpy as np
+    with open(path, "rb") as f:
+        data = f.read()
+    image = _read_png(data) if path.lower().endswith(".png") else _read_pgm(data)
+    if image.shape != (28, 28):
+        raise ValueError(f"the image is {image.shape[1]} x {image.shape[0]} pixels; MNIST models read 28 x 28")
+    x = image.astype(np.float32) / np.float32(255.0)
+    if model.input_size == 28:
+        return x[None]
+    if model.input_size == 1:
+        flat = x.reshape(784)
+        if _run_task(model_path) == "pmnist":
+            from numrnn.data.mnist import pmnist_permutation
+            flat = flat[pmnist_permutation()]
+        return flat.reshape(1, 784, 1)
+    raise ValueError(f"an image is input for MNIST-shaped models (input_size 28, one row per step, or 1, one "
+                     f"pixel per step); this model has input_size {model.input_size}")
+
+
+def _read_input(path, model, model_path):
+    """(x (B, T, F), lengths or None) from .npy, .npz or a PGM / PNG image."""
+    import numpy as np
+    lower = path.lower()
+    lengths = None
+    if lower.endswith((".pgm", ".png")):
+        return _image_input(path, model, model_path), None
+    if not lower.endswith((".npy", ".npz")):
+        raise ValueError(f"{path}: unknown input format; give .npy (B, T, F) or (T, F), .npz (x and optional "
+                         "lengths) or, for an MNIST model, a .pgm or .png image")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read it ({e})") from None
+    if lower.endswith(".npz"):
+        with loaded:
+            names = loaded.files
+            key = "x" if "x" in names else (names[0] if len(names) == 1 else None)
+            if key is None:
+                raise ValueError(f"{path}: an .npz input needs an array named 'x' (it has {names})")
+            x = loaded[key]
+            if "lengths" in names:
+                lengths = loaded["lengths"]
+    else:
+        x = loaded
+    if x.ndim == 2:      # one sequence (T, F)
+        x = x[None]
+    return x, lengths
+
+
+def _read_lengths(path):
+    import numpy as np
+    try:
+        if path.lower().endswith(".npy"):
+            return np.load(path, allow_pickle=False)
+        with open(path, encoding="utf-8") as f:
+            return np.array([int(v) for v in f.read().replace(",", " ").split()], np.int64)
+    except (OSError, ValueError) as e:
+        raise click.BadParameter(f"cannot read {path}: {e}", param_hint="'--lengths'") from None
+
+
+def _records(model, pred, lengths, T):
+    """One JSON-able dict per sequence."""
+    import numpy as np
+    head = type(model.head).__name__
+    if head == "CTC":
+        return [{"labels": labels} for labels in pred]
+    if head == "Classify":
+        return [{"label": int(p.argmax()), "probs": [float(v) for v in p]} for p in pred]
+    if head == "Regress":
+        return [{"values": [float(v) for v in p]} for p in pred]
+    lengths = np.full(len(pred), T) if lengths is None else lengths
+    return [{"labels": [int(v) for v in p[:n].argmax(axis=1)]} for p, n in zip(pred, lengths)]
+
+
+@main.command("predict")
+@click.argument("model_target", metavar="MODEL", type=click.Path(exists=True))
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.option("--lengths", "lengths_path", type=click.Path(exists=True, dir_okay=False),
+              help="Sequence lengths: .npy or a text file of B integers. [default: the .npz's 'lengths', "
+                   "else every sequence is T steps]")
+@click.option("--beam", type=click.IntRange(min=1), help="CTC models: prefix beam search with N prefixes "
+              "(default: greedy decoding).")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the predictions to FILE: .npy (the "
+              "array model.predict returns) or .jsonl (JSON lines). [default: JSON lines on stdout]")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for Numba and BLAS.")
+def predict_command(model_target, input_path, lengths_path, beam, output, threads):
+    """Run MODEL (a model file or a run directory) on INPUT and print or write its predictions.
+
+    INPUT is .npy, (B, T, F) sequences or one (T, F) sequence; .npz, an array 'x' and
+    optionally 'lengths'; or, for an MNIST model, a 28 x 28 digit image (.pgm, or an
+    8-bit non-interlaced .png), light ink on a dark background as in MNIST.
+    Each JSON line is one sequence: Classify {"label", "probs"}, Tag {"labels"} (one per
+    valid step), Regress {"values"}, CTC {"labels"} (the decoded label string).
+    """
+    if threads is not None:
+        from . import threads as threads_module
+        try:
+            threads_module.set_num_threads(threads)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--threads'") from None
+    nr = _import_numrnn()
+    import numpy as np
+
+    model_path, model = _load_model(nr, model_target)
+    if output is not None and not output.lower().endswith((".npy", ".jsonl", ".json")):
+        raise click.BadParameter(f"{output}: write .npy or .jsonl (JSON lines)", param_hint="'--output'")
+    if beam is not None and not isinstance(model.head, nr.heads.CTC):
+        raise click.BadParameter(f"applies to CTC models; this model's head is {model.head}",
+                                 param_hint="'--beam'")
+    try:
+        x, lengths = _read_input(input_path, model, model_path)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'INPUT'") from None
+    if lengths_path is not None:
+        lengths = _read_lengths(lengths_path)
+    try:
+        pred = model.predict(x, lengths, beam=beam)
+    except ValueError as e:
+        hint = "'--lengths'" if str(e).startswith("lengths") else "'INPUT'"
+        raise click.BadParameter(str(e), param_hint=hint) from None
+    if output is not None and output.lower().endswith(".npy"):
+        if isinstance(model.head, nr.heads.CTC):
+            raise click.BadParameter("CTC decodings are label lists of different lengths; write .jsonl",
+                                     param_hint="'--output'")
+        from numrnn.io import atomic_write
+        atomic_write(output, lambda f: np.save(f, pred))
+        return
+    lines = "".join(json.dumps(r) + "\n" for r in _records(model, pred, lengths, x.shape[1]))
+    if output is None:
+        click.echo(lines, nl=False)
+    else:
+        from numrnn.io import write_text
+        write_text(output, lines)
+
+
+@main.command("info")
+@click.argument("model_target", metavar="MODEL", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def info_command(model_target, as_json):
+    """Print the architecture, the parameter count and the metrics saved with MODEL
+    (a model file, a checkpoint or a run directory)."""
+    nr = _import_numrnn()
+    from numrnn.io import read_header
+
+    model_path, model = _load_model(nr, model_target)
+    header = read_header(model_path)
+    counts = {}
+    for name, value in model.named_params().items():
+        group = name.rsplit(".", 1)[0] if name.startswith("layers.") else "head"
+        group = ".".join(group.split(".")[:3]) if group.startswith("layers.") else group
+        counts[group] = counts.get(group, 0) + int(value.size)
+    info = {"model": model_path, "input_size": model.input_size,
+            "layers": [repr(spec) for spec in model.specs], "bidirectional": model.bidirectional,
+            "head": repr(model.head), "dropout": None if model.dropout is None else repr(model.dropout),
+            "dtype": model.dtype.name, "parameters": int(model.params.size), "parameters_by_part": counts,
+            "metrics": header.get("metrics"), "task": _run_task(model_path)}
+    if "checkpoint" in header:
+        info["checkpoint"] = {k: v for k, v in header["checkpoint"].get("state", {}).items()
+                              if isinstance(v, (int, float, str))}
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    lines = [f"model:         {model_path}" + (f" (task {info['task']})" if info["task"] else ""),
+             f"input size:    {model.input_size} features per step",
+             f"layers:        {len(model.specs)}" + (" bidirectional" if model.bidirectional else "")]
+    lines += [f"  {k}: {spec!r}" for k, spec in enumerate(model.specs)]
+    lines += [f"head:          {model.head!r}", f"dropout:       {info['dropout']} (training only)",
+              f"dtype:         {model.dtype.name}", f"parameters:    {model.params.size:,}"]
+    lines += [f"  {part}: {n:,}" for part, n in counts.items()]
+    metrics = info["metrics"] or {}
+    lines.append("metrics:" + ("       none saved" if not metrics else ""))
+    lines += [f"  {k}: {v}" for k, v in metrics.items()]
+    if "checkpoint" in info:
+        lines.append("checkpoint:    " + ", ".join(f"{k} {v}" for k, v in info["checkpoint"].items()))
+    click.echo("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------
+# numrnn bench
+
+
+@main.command("bench", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_command(args):
+    """Run the benchmark suite against PyTorch: python -m perf run [ARGS].
+
+    ARGS are perf's (--quick, --json OUT, --threads 2,1, --cases PATTERN, --help).
+    The suite lives in perf/ of a source checkout: run this from the repository root,
+    or from an editable install."""
+    import subprocess
+    import sys
+
+    import numrnn
+    roots = [os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(numrnn.__file__)))]
+    root = next((r for r in roots if os.path.isfile(os.path.join(r, "perf", "suite.py"))), None)
+    if root is None:
+        raise click.UsageError("the benchmark suite (perf/) is part of the source checkout, not of the installed "
+                               "package: run numrnn bench from the repository root")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    sys.exit(subprocess.call([sys.executable, "-m", "perf", "run", *args], env=env))
+
+
+# ---------------------------------------------------------------------------
 # numrnn data
 
 

@@ -7,7 +7,7 @@ import os
 # first parallel kernel starts the thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import ctc, heads  # noqa: E402
+from . import ctc, heads, infer, interop  # noqa: E402
 from .cells import GRU, LSTM, RNN, Dropout  # noqa: E402
 from .model import SequenceModel  # noqa: E402
 from .optim import SGD, Adam  # noqa: E402
@@ -17,6 +17,6 @@ from .train import Split, TrainConfig, TrainingInterrupted, evaluate, train  # n
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "ctc", "Adam", "SGD", "save", "load",
+__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "ctc", "infer", "interop", "Adam", "SGD", "save", "load",
            "train", "evaluate", "Split", "TrainConfig", "TrainingInterrupted", "set_num_threads",
            "get_num_threads", "__version__"]

@@ -6,6 +6,7 @@ internally everything is time-major (T, B, F).
 import numpy as np
 
 from . import heads as heads_module
+from . import infer
 from .cells import Dropout
 from .kernels.common import reverse_within_lengths
 from .layers import make_layer
@@ -278,17 +279,17 @@ class SequenceModel:
         (time-major (T, B, n)), 0 at padded steps. Regress: values (B, k).
         CTC: a list of B decoded label lists (Python ints, blanks dropped, repeats
         collapsed): greedy best path, or prefix beam search with ``beam`` (>= 1)
-        prefixes kept; ``beam`` is only for the CTC head."""
-        if beam is not None and not isinstance(self.head, heads_module.CTC):
-            raise ValueError(f"beam = {beam!r} applies only to the CTC head; this model's head is {self.head}")
-        x, lengths, state = self._prepare(x, lengths, None, time_major)
-        out = self._forward(x, lengths, state)
-        if beam is not None:
-            return self.head.predict(self.head_params, out, lengths, self._split, beam=beam)
-        pred = self.head.predict(self.head_params, out, lengths, self._split)
-        if isinstance(self.head, heads_module.Tag):
-            pred = self._from_time_major(pred, time_major)
-        return pred
+        prefixes kept; ``beam`` is only for the CTC head.
+
+        Runs the forward-only kernels (``numrnn.infer.predict``): no dropout, no
+        saved activations, nothing of the model written, so several threads may
+        call it at once."""
+        return infer.predict(self, x, lengths, time_major, beam)
+
+    def stream(self, batch_size=1, initial_state=None):
+        """A ``numrnn.infer.Stream``: step-by-step inference over ``batch_size``
+        sequences (unidirectional models only)."""
+        return infer.Stream(self, batch_size, initial_state)
 
     @property
     def _split(self):

@@ -5,6 +5,7 @@ MNIST is replaced by a small generated dataset (the real loader checks the
 official SHA-256 sums, so no fake file can pass it); nothing touches the network.
 """
 import json
+import os
 
 import numba
 import numpy as np
@@ -209,3 +210,192 @@ def test_version_and_data_commands(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist_data, "fetch_mnist", failing)
     result = run("data", "fetch", "mnist")
     assert result.exit_code == 1 and "could not load MNIST" in result.output
+
+
+# ----------------------------------------------------------------------------- predict and info
+
+def write_pgm(path, image):
+    path.write_bytes(b"P5\n# a digit\n28 28\n255\n" + image.astype(np.uint8).tobytes())
+
+
+def write_png(path, image, rgb=False):
+    """An 8-bit PNG whose rows cycle through the five filter types (so the reader's unfiltering is tested)."""
+    import struct
+    import zlib
+
+    pixels = np.repeat(image[..., None], 3, axis=2) if rgb else image[..., None]
+    h, w, bpp = pixels.shape
+    rows = pixels.reshape(h, w * bpp).astype(np.int64)
+    raw = bytearray()
+    prev = np.zeros(w * bpp, np.int64)
+    for y, row in enumerate(rows):
+        kind = y % 5
+        left = np.concatenate([np.zeros(bpp, np.int64), row[:-bpp]])
+        up_left = np.concatenate([np.zeros(bpp, np.int64), prev[:-bpp]])
+        if kind == 0:
+            pred = np.zeros_like(row)
+        elif kind == 1:
+            pred = left
+        elif kind == 2:
+            pred = prev
+        elif kind == 3:
+            pred = (left + prev) // 2
+        else:
+            p = left + prev - up_left
+            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - up_left)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, up_left))
+        raw += bytes([kind]) + bytes(((row - pred) & 255).astype(np.uint8))
+        prev = row
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2 if rgb else 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw)))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def smnist_run(tmp_path_factory):
+    """A tiny smnist model trained by `numrnn train` on the fake MNIST, and the test split it was evaluated on."""
+    tmp_path = tmp_path_factory.mktemp("smnist")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _fake(monkeypatch)
+        out = tmp_path / "run"
+        result = run("train", "smnist", *TINY, "--limit", 32, "--mnist", tmp_path, "--out", out)
+        assert result.exit_code == 0, result.output
+        evaluated = json.loads(run("eval", out).stdout)
+        test = tasks.load_task("smnist", mnist=str(tmp_path), splits=("test",)).test
+    return out, evaluated, test
+
+
+def _fake(monkeypatch):
+    def load_mnist(path=None, cache_dir=None, progress=None):
+        rng = np.random.default_rng(0)
+        data = {}
+        for split, n in (("train", 48), ("valid", 16), ("test", 16)):
+            data[f"{split}_x"] = rng.random((n, 28, 28), dtype=np.float32)
+            data[f"{split}_y"] = rng.integers(0, 10, n)
+        return data
+
+    monkeypatch.setattr(mnist_data, "load_mnist", load_mnist)
+
+
+def test_predict_reproduces_eval_accuracy(smnist_run, tmp_path):
+    out, evaluated, test = smnist_run
+    np.save(tmp_path / "x.npy", test.x)
+    result = run("predict", out, tmp_path / "x.npy", "--output", tmp_path / "probs.npy")
+    assert result.exit_code == 0, result.output
+    probs = np.load(tmp_path / "probs.npy")
+    assert probs.shape == (len(test.y), 10)
+    assert np.mean(probs.argmax(axis=1) == test.y) == evaluated["accuracy"]
+    # JSON lines on stdout, from an .npz holding x and lengths, and from the model file itself.
+    np.savez(tmp_path / "x.npz", x=test.x, lengths=np.full(len(test.y), 28))
+    result = run("predict", out / "model.npz", tmp_path / "x.npz")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["label"] for r in records] == list(probs.argmax(axis=1))
+    np.testing.assert_allclose([r["probs"] for r in records], probs, rtol=1e-6)
+
+
+def test_predict_images(smnist_run, tmp_path):
+    out = smnist_run[0]
+    image = np.random.default_rng(9).integers(0, 256, (28, 28)).astype(np.uint8)
+    expected = nr.load(out / "model.npz").predict(image[None].astype(np.float32) / np.float32(255))
+    for name, write in (("d.pgm", write_pgm), ("d.png", write_png), ("rgb.png", lambda p, i: write_png(p, i, True))):
+        write(tmp_path / name, image)
+        result = run("predict", out, tmp_path / name)
+        assert result.exit_code == 0, (name, result.output)
+        np.testing.assert_allclose(json.loads(result.stdout)["probs"], expected[0], rtol=1e-6, err_msg=name)
+
+
+def test_info(smnist_run):
+    out, evaluated, _ = smnist_run
+    result = run("info", out)
+    assert result.exit_code == 0, result.output
+    model = nr.load(out / "model.npz")
+    assert f"parameters:    {model.params.size:,}" in result.stdout
+    assert "LSTM(hidden=8" in result.stdout and "Classify(n=10)" in result.stdout and "accuracy" in result.stdout
+    info = json.loads(run("info", out / "last.npz", "--json").stdout)
+    assert info["parameters"] == model.params.size and info["task"] == "smnist"
+    assert sum(info["parameters_by_part"].values()) == model.params.size
+    assert "checkpoint" in info
+    best = json.loads(run("info", out, "--json").stdout)
+    assert best["metrics"]["split"] == "val"
+
+
+@pytest.mark.parametrize("case, hint, message", [
+    ("features", "'INPUT'", "features per step"),
+    ("rank", "'INPUT'", "rank 3"),
+    ("dtype", "'INPUT'", "dtype complex"),
+    ("format", "'INPUT'", "unknown input format"),
+    ("lengths", "'--lengths'", "lengths[0]"),
+    ("beam", "'--beam'", "applies to CTC models"),
+    ("image_size", "'INPUT'", "MNIST models read 28 x 28"),
+    ("bad_png", "'INPUT'", "not a PNG file"),
+    ("model", "'MODEL'", "not a readable .npz"),
+    ("output", "'--output'", "write .npy or .jsonl"),
+])
+def test_predict_bad_inputs_exit_2(smnist_run, tmp_path, case, hint, message):
+    out = smnist_run[0]
+    good = tmp_path / "x.npy"
+    np.save(good, np.zeros((2, 28, 28), np.float32))
+    args = [out, good]
+    if case == "features":
+        np.save(good, np.zeros((2, 28, 5), np.float32))
+    elif case == "rank":
+        np.save(good, np.zeros(28, np.float32))
+    elif case == "dtype":
+        np.save(good, np.zeros((2, 28, 28), complex))
+    elif case == "format":
+        (tmp_path / "x.txt").write_text("1 2 3")
+        args = [out, tmp_path / "x.txt"]
+    elif case == "lengths":
+        (tmp_path / "l.txt").write_text("29 28")
+        args += ["--lengths", tmp_path / "l.txt"]
+    elif case == "beam":
+        args += ["--beam", 4]
+    elif case == "image_size":
+        (tmp_path / "d.pgm").write_bytes(b"P5 27 28 255\n" + bytes(27 * 28))
+        args = [out, tmp_path / "d.pgm"]
+    elif case == "bad_png":
+        (tmp_path / "d.png").write_bytes(b"GIF89a")
+        args = [out, tmp_path / "d.png"]
+    elif case == "model":
+        (tmp_path / "m.npz").write_bytes(b"not a zip")
+        args = [tmp_path / "m.npz", good]
+    elif case == "output":
+        args += ["--output", tmp_path / "p.csv"]
+    result = run("predict", *args)
+    assert result.exit_code == 2, result.output
+    assert hint in result.output and message in result.output
+
+
+def test_predict_ctc_run(tmp_path, fake_mnist):
+    """A CTC model: decoded label lists as JSON lines (greedy and beam); .npy output refused."""
+    out = tmp_path / "run"
+    assert run("train", "ctc-digits", *TINY, "--limit", 8, "--train-size", 8, "--mnist", tmp_path,
+               "--out", out).exit_code == 0
+    model = nr.load(out / "model.npz")
+    x = np.random.default_rng(3).random((2, 12, model.input_size), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for extra in ([], ["--beam", 3]):
+        result = run("predict", out, tmp_path / "x.npy", *extra, "--output", tmp_path / "p.jsonl")
+        assert result.exit_code == 0, result.output
+        labels = [json.loads(line)["labels"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+        assert labels == model.predict(x, beam=extra[1] if extra else None)
+    result = run("predict", out, tmp_path / "x.npy", "--output", tmp_path / "p.npy")
+    assert result.exit_code == 2 and "write .jsonl" in result.output
+
+
+def test_bench_passes_its_arguments_to_perf(tmp_path, monkeypatch):
+    """numrnn bench runs `python -m perf run ARGS` from the source checkout; argparse's
+    --help exits 0 and prints perf's usage."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(root)
+    done = subprocess.run([sys.executable, "-c", "from numrnn_cli.main import main; main()", "bench", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "python -m perf run" in done.stdout and "--quick" in done.stdout

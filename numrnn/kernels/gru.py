@@ -314,3 +314,74 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
     accumulate_bias_grads(db_h, dq, n_slabs)
     if need_dx:
         accumulate_input_grads(dx, da, W, n_slabs)
+
+
+# ---------------------------------------------------------------- forward only (inference)
+
+@kernel
+def gru_infer(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c, b_c, ln_gain, ln_shift,
+              ones, lengths, t0, rec_g, rec_c, n_slabs):
+    """Forward only (TF GRUCell) over a chunk of steps, keeping one step of state:
+    the same step functions as gru_forward.
+
+    Args:
+        y: (T, B, H) out: outputs of the chunk, 0 at padded steps.
+        h: (2, B, H) in/out: h[0] the state on entry and on exit, h[1] scratch.
+        gates: (T, B, 2H), cand: (T, B, H) workspaces: the chunk's input projections,
+            then each step's gates and candidate.
+        rh: (B, H), ln_hat: (B, 3H or 0), ln_rstd: (B, 3 or 0): one step's workspaces.
+        x: (T, B, F) inputs of the chunk, whose first step is step t0 of the sequence.
+        W_g, U_g, b_g, W_c, U_c, b_c, ln_gain, ln_shift: as gru_forward.
+        ones: (1, B, H) ones (no state dropout at inference).
+        lengths: (B,) int; step t0 + t of row b is valid when t0 + t < lengths[b].
+        rec_g: (B, 2H), rec_c: (B, H) workspaces.  n_slabs: as gru_forward.
+    """
+    T, B, _ = x.shape
+    input_projection(gates, x, W_g, b_g, n_slabs)
+    input_projection(cand, x, W_c, b_c, n_slabs)
+    for t in range(T):
+        cur, nxt = t % 2, (t + 1) % 2
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
+            np.dot(h[cur, lo:hi], U_g, rec_g[lo:hi])
+            for row in range(lo, hi):
+                _gru_gates_forward(gates[t, row], rh[row], ln_hat[row], ln_rstd[row], rec_g[row], h[cur, row],
+                                   ln_gain, ln_shift, t0 + t < lengths[row])
+            np.dot(rh[lo:hi], U_c, rec_c[lo:hi])
+            for row in range(lo, hi):
+                _gru_candidate_forward(y[t, row], h[nxt, row], cand[t, row], ln_hat[row], ln_rstd[row],
+                                       gates[t, row], rec_c[row], h[cur, row], ln_gain, ln_shift, ones[0, row],
+                                       t0 + t < lengths[row])
+    if T % 2 == 1:
+        h[0] = h[1]
+
+
+@kernel
+def gru_ra_infer(y, h, gates, q_c, x, W, U, b_x, b_h, ones, lengths, t0, rec, n_slabs):
+    """Forward only (reset-after GRU) over a chunk of steps, keeping one step of
+    state: the same step function as gru_ra_forward.
+
+    Args:
+        y: (T, B, H) out.  h: (2, B, H) in/out: h[0] the state on entry and on exit, h[1] scratch.
+        gates: (T, B, 3H) workspace: x W + b_x for the chunk, then each step's gates.
+        q_c: (B, H) workspace.  x: (T, B, F), the chunk starting at step t0.
+        W, U, b_x, b_h: as gru_ra_forward.  ones: (1, B, H) ones.
+        lengths: (B,) int; step t0 + t of row b is valid when t0 + t < lengths[b].
+        rec: (B, 3H) workspace.  n_slabs: as gru_ra_forward.
+    """
+    T, B, _ = x.shape
+    input_projection(gates, x, W, b_x, n_slabs)
+    for t in range(T):
+        cur, nxt = t % 2, (t + 1) % 2
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
+            np.dot(h[cur, lo:hi], U, rec[lo:hi])
+            for row in range(lo, hi):
+                _gru_ra_step_forward(y[t, row], h[nxt, row], gates[t, row], q_c[row], rec[row], b_h, h[cur, row],
+                                     ones[0, row], t0 + t < lengths[row])
+    if T % 2 == 1:
+        h[0] = h[1]

@@ -268,3 +268,51 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
     sum_rows_into(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
     if need_dx:
         accumulate_input_grads(dx, dz, W, n_slabs)
+
+
+# ---------------------------------------------------------------- forward only (inference)
+
+@kernel
+def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
+               x, W, U, b, peep, P, ln_gain, ln_shift, ones, lengths, t0, forget_bias, cell_clip, proj_clip,
+               rec, n_slabs):
+    """Forward only over a chunk of steps, keeping one step of state and of gate
+    activations: the same step functions as lstm_forward.
+
+    Args:
+        y: (T, B, R) out: outputs r_t of the chunk, 0 at padded steps.
+        r: (2, B, R), c: (2, B, H) in/out: [0] the state on entry and on exit, [1]
+            scratch (the state alternates between the two rows from step to step).
+        gates: (T, B, 4H) workspace: x W + b for the chunk, then the step's gates.
+        tanh_c: (B, H), m: (B, H) with proj else (B, 0), c_pre: (B, H or 0),
+            r_pre: (B, R or 0), ln_hat: (B, 5H or 0), ln_rstd: (B, 5 or 0):
+            one step of the workspaces lstm_forward keeps for every step.
+        x: (T, B, F) inputs of the chunk, whose first step is step t0 of the sequence.
+        W, U, b, peep, P, ln_gain, ln_shift, forget_bias, cell_clip, proj_clip: as lstm_forward.
+        ones: (1, B, R) ones (no state dropout at inference).
+        lengths: (B,) int; step t0 + t of row b is valid when t0 + t < lengths[b].
+        rec: (B, 4H) workspace.  n_slabs: row slabs, one per Numba thread (common.slab).
+    """
+    T, B, _ = x.shape
+    proj = P.shape[0] > 0
+    input_projection(gates, x, W, b, n_slabs)
+    for t in range(T):
+        cur, nxt = t % 2, (t + 1) % 2
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
+            np.dot(r[cur, lo:hi], U, rec[lo:hi])
+            m_out = m if proj else y[t]
+            for row in range(lo, hi):
+                _lstm_cell_forward(m_out[row], gates[t, row], tanh_c[row], c[nxt, row], c_pre[row],
+                                   ln_hat[row], ln_rstd[row], rec[row], c[cur, row], peep, ln_gain,
+                                   ln_shift, forget_bias, cell_clip, t0 + t < lengths[row])
+            if proj:
+                np.dot(m[lo:hi], P, y[t, lo:hi])
+            for row in range(lo, hi):
+                _lstm_output_forward(y[t, row], r[nxt, row], r_pre[row], r[cur, row], ones[0, row], proj_clip,
+                                     t0 + t < lengths[row])
+    if T % 2 == 1:
+        r[0] = r[1]
+        c[0] = c[1]

@@ -109,3 +109,36 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
     accumulate_bias_grads(db, dz, n_slabs)
     if need_dx:
         accumulate_input_grads(dx, dz, W, n_slabs)
+
+
+# ---------------------------------------------------------------- forward only (inference)
+
+@kernel
+def rnn_infer(y, h, x, W, U, b, lengths, t0, use_relu, z, rec, ones, n_slabs):
+    """Forward only over a chunk of steps, keeping one step of state: the same
+    step function as rnn_forward, without the (T+1, B, H) state history.
+
+    Args:
+        y: (T, B, H) out: outputs of the chunk, 0 at padded steps.
+        h: (2, B, H) in/out: h[0] the state on entry and on exit; h[1] scratch
+            (the state alternates between the two rows from step to step).
+        x: (T, B, F) inputs of the chunk, whose first step is step t0 of the sequence.
+        W, U, b: as rnn_forward.  lengths: (B,) int; step t0 + t of row b is valid
+            when t0 + t < lengths[b].
+        z: (T, B, H) workspace for x W + b.  rec: (B, H) workspace.
+        ones: (1, B, H) ones (no state dropout at inference).
+        n_slabs: row slabs, one per Numba thread (common.slab).
+    """
+    T, B, _ = x.shape
+    input_projection(z, x, W, b, n_slabs)
+    for t in range(T):
+        cur, nxt = t % 2, (t + 1) % 2
+        for s in prange(n_slabs):
+            lo, hi = slab(s, n_slabs, B)
+            if hi > lo:
+                np.dot(h[cur, lo:hi], U, rec[lo:hi])
+            for row in range(lo, hi):
+                _rnn_step_forward(y[t, row], h[nxt, row], z[t, row], rec[row], h[cur, row], ones[0, row],
+                                  t0 + t < lengths[row], use_relu)
+    if T % 2 == 1:
+        h[0] = h[1]

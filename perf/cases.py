@@ -43,7 +43,7 @@ def _train_cases():
 
 CASES = _train_cases() + [
     dict(name="infer b1 T28 lstm", kind="infer", B=1, T=28, F=28, H=128, out=10),
-    dict(name="infer b1 step lstm (predict T=1)", kind="infer", B=1, T=1, F=28, H=128, out=10, streaming=True),
+    dict(name="infer b1 stream step lstm", kind="infer", B=1, T=1, F=28, H=128, out=10, streaming=True),
     dict(name="ctc T100 B32 C28 S20", kind="ctc", T=100, B=32, C=28, S=20),
     dict(name="ctc T400 B16 C80 S60", kind="ctc", T=400, B=16, C=80, S=60),
     dict(name="adam 1M", kind="adam", N=1_000_000),
@@ -51,7 +51,7 @@ CASES = _train_cases() + [
 ]
 
 QUICK = ("train row lstm", "train row gru", "train row rnn", "infer b1 T28 lstm",
-         "infer b1 step lstm (predict T=1)", "ctc T100 B32 C28 S20", "adam 1M")
+         "infer b1 stream step lstm", "ctc T100 B32 C28 S20", "adam 1M")
 
 
 def step_flops(spec):
@@ -167,6 +167,8 @@ class NumrnnCase:
             self.weights = torch_weights(self.model, cell, layers)
         if kind == "train":
             self.opt = nr.Adam(self.model, lr=1e-3)
+        if spec.get("streaming"):
+            self.stream = self.model.stream(batch_size=1)
         if kind == "adam":
             self.flat = types.SimpleNamespace(params=data["params"].copy(), grads=data["grads"].copy())
             self.opt = nr.Adam(self.flat, lr=1e-3)
@@ -176,6 +178,8 @@ class NumrnnCase:
         if kind == "train":
             self.model.loss_and_grad(d["x"], d["y"])
             self.opt.step()
+        elif kind == "infer" and self.spec.get("streaming"):
+            self.stream.step(d["x"][:, 0])
         elif kind == "infer":
             self.model.predict(d["x"])
         elif kind == "ctc":
@@ -194,6 +198,8 @@ class NumrnnCase:
                 model = build_model(spec, dtype)
                 model.params[:] = self.model.params
             x = d["x"].astype(dtype)
+            if kind == "infer" and spec.get("streaming"):
+                return {"probs": model.stream(batch_size=1).step(x[:, 0])}
             if kind == "infer":
                 return {"probs": np.asarray(model.predict(x))}
             loss = model.loss_and_grad(x, d["y"])
@@ -212,12 +218,25 @@ class NumrnnCase:
 
 
 TOLERANCE = {"train": 2e-3, "infer": 1e-4, "ctc": 1e-4, "adam": 1e-5}
+# PyTorch's own float32 results where they are less accurate than numrnn's: its float32
+# CTC gradient is off by about 1.2e-3 of the largest value at T=400 (numrnn's float32
+# gradient is within 3e-8 of torch's float64 one), so CTC is also checked against
+# torch in float64 (see float64_reference) at TOLERANCE, and against torch float32 at this.
+TORCH_FLOAT32_TOLERANCE = {"ctc": 5e-3}
 
 
-def compare_results(spec, ours, reference):
+def float64_reference(spec, data):
+    """Data in float64 for a torch reference computed in float64 (CTC), else None."""
+    if spec["kind"] != "ctc":
+        return None
+    return {**data, "logits": data["logits"].astype(np.float64)}
+
+
+def compare_results(spec, ours, reference, tol=None):
     """(worst relative error, its key): per array, max |ours - ref| / max(|ref|)
-    (the loss relative to itself). Raises ValueError above the case's tolerance."""
-    tol = TOLERANCE[spec["kind"]]
+    (the loss relative to itself). Raises ValueError above ``tol`` (default: the
+    case's TOLERANCE)."""
+    tol = TOLERANCE[spec["kind"]] if tol is None else tol
     worst, where = 0.0, None
     for key, ref in reference.items():
         if key not in ours:

@@ -50,7 +50,10 @@ DEFAULTS = {
     "smnist": {**_COMMON, "epochs": 10, "batch_size": 64},
     "psmnist": {**_COMMON, "epochs": 20, "lr": 1e-3},
     "pmnist": {**_COMMON, "epochs": 20, "lr": 1e-3},
-    "adding": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 200, "train_size": 20000},
+    # adding: LSTM-128 sits on the baseline (MSE 1/6) for about 150,000 sequences, then solves the
+    # task; a cosine decay over 10 x 20,000 sequences cools the rate before that happens.
+    "adding": {**_COMMON, "epochs": 8, "batch_size": 64, "lr": 2e-3, "schedule": "constant", "length": 200,
+               "train_size": 50000},
     "copy": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 50, "train_size": 20000},
     "parity": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 50, "train_size": 20000},
     "ctc-digits": {**_COMMON, "hidden": [128, 128], "bidirectional": True, "epochs": 10, "batch_size": 32,

@@ -35,7 +35,14 @@ _CELL_OPTIONS = {
 _NOT_STORED = {"config", "resume", "out", "quiet"}
 
 
-def _import_numrnn():
+def _import_numrnn(threads=None):
+    """numrnn, imported after --threads is applied (the thread pools read it at start)."""
+    if threads is not None:
+        from . import threads as threads_module
+        try:
+            threads_module.set_num_threads(threads)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--threads'") from None
     import numrnn
     return numrnn
 
@@ -411,13 +418,7 @@ def eval_command(target, split, limit, mnist, threads):
     file in one; the run's config.json says which task and data to use, so the
     test split gives the test metrics that training wrote to metrics.jsonl.
     """
-    if threads is not None:
-        from . import threads as threads_module
-        try:
-            threads_module.set_num_threads(threads)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="'--threads'") from None
-    nr = _import_numrnn()
+    nr = _import_numrnn(threads)
     import numpy as np
     from numrnn import tasks
     from numrnn.data.mnist import DataError
@@ -681,13 +682,7 @@ def predict_command(model_target, input_path, lengths_path, beam, output, thread
     Each JSON line is one sequence: Classify {"label", "probs"}, Tag {"labels"} (one per
     valid step), Regress {"values"}, CTC {"labels"} (the decoded label string).
     """
-    if threads is not None:
-        from . import threads as threads_module
-        try:
-            threads_module.set_num_threads(threads)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="'--threads'") from None
-    nr = _import_numrnn()
+    nr = _import_numrnn(threads)
     import numpy as np
 
     model_path, model = _load_model(nr, model_target)

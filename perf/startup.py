@@ -1,5 +1,6 @@
 """Measurements that need a fresh process: time to the first finished training step
-(cold and warm Numba cache) and the peak memory of a pixel-MNIST training step.
+and to the first prediction of a saved model (cold and warm Numba cache), and the
+peak memory of a pixel-MNIST training step.
 
 Time to first step. A small driver (``python -m perf.startup first-step``) imports
 numrnn, builds the model that ``numrnn train smnist`` builds by default (LSTM-128
@@ -10,7 +11,13 @@ start, imports, Numba's compilation or cache load, workspace allocation and the
 step. We time this driver rather than ``numrnn train`` because ``numrnn train``
 has no signal for "first step finished" and it also reads MNIST and evaluates,
 which would be counted as startup; the difference is click's import and the data
-load. Cold: ``NUMBA_CACHE_DIR`` is an empty temporary directory; warm: the same
+load.
+
+Time to first prediction (``python -m perf.startup first-predict MODEL``): imports
+numrnn, loads a saved LSTM-128 row-MNIST model (``nr.load``) and predicts one
+28 x 28 sequence, what a program embedding a trained model does on start.
+
+For both, cold: ``NUMBA_CACHE_DIR`` is an empty temporary directory; warm: the same
 directory again after a cold run filled it (with ``--quick``, the default cache,
 which the suite's own run has just filled).
 
@@ -50,6 +57,28 @@ def first_step_driver():
     if not np.isfinite(loss):
         raise SystemExit(f"first step: non-finite loss {loss}")
     print(json.dumps({"import_s": imported - start, "build_and_step_s": done - imported, "loss": loss}), flush=True)
+
+
+def first_predict_driver(path):
+    start = time.perf_counter()
+    import numpy as np
+
+    import numrnn as nr
+    imported = time.perf_counter()
+    model = nr.load(path)
+    loaded = time.perf_counter()
+    probs = model.predict(np.random.default_rng(0).random((1, 28, 28)).astype(np.float32))
+    done = time.perf_counter()
+    print(json.dumps({"import_s": imported - start, "load_s": loaded - imported, "predict_s": done - loaded,
+                      "label": int(probs.argmax())}), flush=True)
+
+
+def _predict_model(directory):
+    """Save the model the first-predict driver loads; returns its path."""
+    import numrnn as nr
+    path = os.path.join(directory, "model.npz")
+    nr.save(nr.SequenceModel(28, [nr.LSTM(128)], head=nr.heads.Classify(10), seed=0), path)
+    return path
 
 
 def memory_driver(library):
@@ -95,40 +124,41 @@ def _child_env(base_env, **extra):
     return env
 
 
-def time_first_step(base_env, cache_dir=None, timeout=600):
+def time_first_line(base_env, driver_args, cache_dir=None, timeout=600):
     """Seconds from process start to the driver's line, and the driver's report."""
     extra = {"NUMBA_CACHE_DIR": cache_dir} if cache_dir else {}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "perf.startup", "first-step"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "perf.startup", *driver_args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_child_env(base_env, **extra))
     line = proc.stdout.readline()
     elapsed = time.perf_counter() - start
     _, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0 or not line:
-        raise RuntimeError(f"first-step driver failed (exit {proc.returncode}): {err[-2000:]}")
+        raise RuntimeError(f"{driver_args[0]} driver failed (exit {proc.returncode}): {err[-2000:]}")
     return elapsed, json.loads(line)
 
 
-def first_step_samples(base_env, cold_reps, warm_reps):
-    """{"cold": [s...], "warm": [s...], "reports": [...]}; warm runs reuse the cache
+def first_line_samples(base_env, mode, cold_reps, warm_reps):
+    """Timings of the ``mode`` driver ("first-step" or "first-predict"):
+    {"cold": [s...], "warm": [s...], "reports": [...]}; warm runs reuse the cache
     directory of the last cold run (or the default cache when cold_reps is 0)."""
     out = {"cold": [], "warm": [], "reports": []}
-    tmp = tempfile.mkdtemp(prefix="numrnn-perf-cache-") if cold_reps else None
+    tmp = tempfile.mkdtemp(prefix="numrnn-perf-cache-")
+    driver_args = [mode] + ([_predict_model(tmp)] if mode == "first-predict" else [])
     cache = None
     for i in range(cold_reps):
         cache = os.path.join(tmp, f"cold{i}")
         os.makedirs(cache)
-        s, report = time_first_step(base_env, cache)
+        s, report = time_first_line(base_env, driver_args, cache)
         out["cold"].append(s)
         out["reports"].append({"cache": "cold", **report})
     for _ in range(warm_reps):
-        s, report = time_first_step(base_env, cache)
+        s, report = time_first_line(base_env, driver_args, cache)
         out["warm"].append(s)
         out["reports"].append({"cache": "warm" if cache else "default", **report})
     out["warm_cache"] = "the last cold run's directory" if cache else "the default cache (filled by this run)"
-    if tmp:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -143,6 +173,8 @@ def peak_memory(base_env, library, timeout=900):
 if __name__ == "__main__":
     if sys.argv[1] == "first-step":
         first_step_driver()
+    elif sys.argv[1] == "first-predict":
+        first_predict_driver(sys.argv[2])
     elif sys.argv[1] == "memory":
         memory_driver(sys.argv[2])
     else:

@@ -344,7 +344,8 @@ def format_report(result):
                          f"{fmt_time(rec['gemm']['numpy_s']):>11s}")
     for rec in result.get("startup", []):
         lines.append("")
-        lines.append(f"time to first step ({rec['threads']} threads, the default; driver, see perf/startup.py): "
+        lines.append(f"time to {rec.get('name', 'first step')} ({rec['threads']} threads, the default; driver, "
+                     f"see perf/startup.py): "
                      + ", ".join(f"{k} {fmt_side(rec[k])}" for k in ("cold", "warm") if rec.get(k)))
     for rec in result.get("memory", []):
         lines.append(f"peak RSS of a pixel-MNIST LSTM-128 training step: numrnn {rec['numrnn']['maxrss_mib']:.0f} MiB"
@@ -399,13 +400,14 @@ def run(quick=False, json_out=None, threads=(2, 1), pattern=None, extras=True, l
             worker.close()
     if extras and (pattern is None or any(p in pattern for p in ("start", "memory"))):
         set_threads(max(threads))
-        log("time to first step ...")
-        fs = startup.first_step_samples(USER_ENV, settings.cold_reps, settings.warm_reps)
-        rec = {"name": "first step", "threads": os.cpu_count(), "warm_cache": fs["warm_cache"], "reports": fs["reports"]}
-        for k in ("cold", "warm"):
-            if fs[k]:
-                rec[k] = summary(fs[k])
-        result["startup"].append(rec)
+        for name, mode in (("first step", "first-step"), ("first prediction", "first-predict")):
+            log(f"time to {name} ...")
+            fs = startup.first_line_samples(USER_ENV, mode, settings.cold_reps, settings.warm_reps)
+            rec = {"name": name, "threads": os.cpu_count(), "warm_cache": fs["warm_cache"], "reports": fs["reports"]}
+            for k in ("cold", "warm"):
+                if fs[k]:
+                    rec[k] = summary(fs[k])
+            result["startup"].append(rec)
         if settings.memory:
             log("peak memory ...")
             mem = {"numrnn": startup.peak_memory(USER_ENV, "numrnn")}

@@ -130,28 +130,37 @@ def _check_decode_args(logits, logit_lengths, blank, time_major):
     return logits, logit_lengths, blank, B, T, C
 
 
+def check_labels(labels, label_lengths, B, C, blank, name="labels"):
+    """(labels (B, S) int64, label_lengths (B,) int64): padded integer labels whose
+    first label_lengths[b] entries in row b are classes in [0, C) other than
+    ``blank``; label_lengths None means S everywhere. ValueError naming ``name``
+    and the sequence otherwise."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] != B:
+        raise ValueError(f"{name} must have shape (B, S) = ({B}, S), padded, got shape {labels.shape}")
+    if labels.size and (labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    S = labels.shape[1]
+    label_lengths = _check_lengths("label_lengths", label_lengths, B, S, f"the padded label length S of {name}")
+    valid = np.arange(S)[None, :] < label_lengths[:, None]                   # (B, S)
+    for bad, why in (((labels < 0) | (labels >= C)) & valid, f"is outside [0, {C})"), \
+                    ((labels == blank) & valid, f"equals blank = {blank}"):
+        if bad.any():
+            b, s = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{name}[{b}, {s}] = {labels[b, s]} (sequence {b}) {why}")
+    return labels, label_lengths
+
+
 def _check_loss_args(logits, labels, logit_lengths, label_lengths, blank, zero_infinity, time_major):
     logits, logit_lengths, blank, B, T, C = _check_decode_args(logits, logit_lengths, blank, time_major)
     zero_infinity = _check_bool("zero_infinity", zero_infinity)
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or labels.shape[0] != B:
-        raise ValueError(f"labels must have shape (B, S) = ({B}, S), padded, got shape {labels.shape}")
-    if labels.size and (labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer)):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
-    S = labels.shape[1]
-    label_lengths = _check_lengths("label_lengths", label_lengths, B, S, "the padded label length S")
+    labels, label_lengths = check_labels(labels, label_lengths, B, C, blank)
     too_long = np.flatnonzero(label_lengths > logit_lengths)
     if too_long.size:
         b = int(too_long[0])
         raise ValueError(f"label_lengths[{b}] = {label_lengths[b]} exceeds logit_lengths[{b}] = {logit_lengths[b]}: "
                          f"sequence {b} has more labels than steps")
-    valid = np.arange(S)[None, :] < label_lengths[:, None]
-    for bad, why in (((labels < 0) | (labels >= C)) & valid, f"is outside [0, {C})"), \
-                    ((labels == blank) & valid, f"equals blank = {blank}"):
-        if bad.any():
-            b, s = (int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"labels[{b}, {s}] = {labels[b, s]} (sequence {b}) {why}")
     return logits, labels, logit_lengths, label_lengths, blank, zero_infinity, B, T, C
 
 

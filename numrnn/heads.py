@@ -226,37 +226,8 @@ class CTC(_LinearHead):
 
     def check_targets(self, y, lengths, T, label_lengths=None):
         """(labels (B, S) int64, label_lengths (B,) int64), checked against ``lengths``."""
-        B = lengths.shape[0]
-        y = np.asarray(y)
-        if y.ndim != 2 or y.shape[0] != B:
-            raise ValueError(f"y must have shape (B, S) = ({B}, S), padded labels, got shape {y.shape}")
-        if y.size and (y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer)):
-            raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
-        y = y.astype(np.int64)
-        S = y.shape[1]
-        if label_lengths is None:
-            label_lengths = np.full(B, S, np.int64)
-        else:
-            label_lengths = np.asarray(label_lengths)
-            if label_lengths.shape != (B,):
-                raise ValueError(f"label_lengths must have shape ({B},), one per sequence, "
-                                 f"got {label_lengths.shape}")
-            if B and (label_lengths.dtype == np.bool_ or not np.issubdtype(label_lengths.dtype, np.integer)):
-                raise ValueError(f"label_lengths must be integers, got dtype {label_lengths.dtype}")
-            label_lengths = label_lengths.astype(np.int64)
-            bad = np.flatnonzero((label_lengths < 0) | (label_lengths > S))
-            if bad.size:
-                b = int(bad[0])
-                raise ValueError(f"label_lengths[{b}] = {label_lengths[b]} is outside [0, {S}] "
-                                 f"(S = {S}, the padded label length of y)")
-        valid = np.arange(S)[None, :] < label_lengths[:, None]                   # (B, S)
-        for bad, why in ((((y < 0) | (y >= self.n)) & valid, f"is outside [0, {self.n})"),
-                         ((y == self.blank) & valid, f"equals blank = {self.blank}")):
-            if bad.any():
-                b, s = (int(i) for i in np.argwhere(bad)[0])
-                raise ValueError(f"y[{b}, {s}] = {y[b, s]} (sequence {b}) {why}; the labels of "
-                                 f"CTC({self.n_labels}, blank={self.blank}) are the classes [0, {self.n}) "
-                                 f"other than the blank")
+        y, label_lengths = ctc.check_labels(y, label_lengths, lengths.shape[0], self.n, self.blank, "y")
+        valid = np.arange(y.shape[1])[None, :] < label_lengths[:, None]          # (B, S)
         # Each label takes a step, and equal neighbours need a blank step between them.
         repeats = ((y[:, 1:] == y[:, :-1]) & valid[:, 1:]).sum(axis=1)
         needed = label_lengths + repeats

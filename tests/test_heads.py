@@ -145,12 +145,12 @@ def test_bad_head_arguments():
      r"label_lengths\[2\] = 2 labels need at least 3 steps .* lengths\[2\] = 1: sequence 2"),
     (lambda y, L, LL: (y, np.array([5, 0, 1, 2, 4]), LL),
      r"label_lengths\[3\] = 2 labels need at least 3 steps .* lengths\[3\] = 2: sequence 3"),
-    (lambda y, L, LL: (y, L, np.array([3, 0, 1, 2, 4])), r"label_lengths\[4\] = 4 is outside \[0, 3\]"),
+    (lambda y, L, LL: (y, L, np.array([3, 0, 1, 2, 4])), r"label_lengths\[4\] = 4 is out of range: it must be in \[0, 3\]"),
     (lambda y, L, LL: (y, L, LL[:4]), r"label_lengths must have shape \(5,\)"),
     (lambda y, L, LL: (y, np.array([5, 0, 1, 3, 6]), LL), r"lengths\[4\] = .*6.* is outside \[0, 5\]"),
     (lambda y, L, LL: (y, np.array([5, -1, 1, 3, 4]), LL), r"lengths\[1\] = .*-1.* is outside \[0, 5\]"),
     (lambda y, L, LL: (y[:, 0], L, LL), r"y must have shape \(B, S\) = \(5, S\)"),
-    (lambda y, L, LL: (y * 1.0, L, LL), "y must hold integer labels, got dtype float64"),
+    (lambda y, L, LL: (y * 1.0, L, LL), "y must be integers, got dtype float64"),
     (lambda y, L, LL: (y, L, LL * 1.0), "label_lengths must be integers, got dtype float64"),
 ])
 def test_bad_targets_name_the_sequence(change, message):

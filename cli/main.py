@@ -16,7 +16,7 @@ SPLITS = ("test", "valid", "train")
 
 # Library argument names (as they start a ValueError's message) -> the CLI option.
 _OPTION_OF = {
-    "hidden": "--hidden", "forget_bias": "--forget-bias", "peepholes": "--peepholes",
+    "hidden": "--hidden", "forget_bias": "--forget-bias", "chrono": "--chrono", "peepholes": "--peepholes",
     "cell_clip": "--cell-clip", "proj": "--proj", "proj_clip": "--proj-clip", "layer_norm": "--layer-norm",
     "reset_after": "--reset-after", "activation": "--activation", "input_keep": "--input-keep",
     "output_keep": "--output-keep", "state_keep": "--state-keep", "variational": "--variational",
@@ -29,7 +29,7 @@ _SCHEDULE_OPTION = {"warmup": "--warmup", "every": "--decay-every", "gamma": "--
 # Options that only some cells take.
 _CELL_OPTIONS = {
     "peepholes": ("lstm",), "cell_clip": ("lstm",), "proj": ("lstm",), "proj_clip": ("lstm",),
-    "forget_bias": ("lstm",), "layer_norm": ("lstm", "gru"), "reset_after": ("gru",), "activation": ("rnn",),
+    "forget_bias": ("lstm",), "chrono": ("lstm",), "layer_norm": ("lstm", "gru"), "reset_after": ("gru",), "activation": ("rnn",),
 }
 # Options of `train` that do not describe the run (not stored in config.json, not taken from it on resume).
 _NOT_STORED = {"config", "resume", "out", "quiet"}
@@ -280,6 +280,8 @@ def _new_run_dir(task):
 @click.option("--layer-norm", is_flag=True, help="LSTM or GRU: layer normalisation.")
 @click.option("--reset-after", is_flag=True, help="GRU: the PyTorch / cuDNN form.")
 @click.option("--forget-bias", type=float, help="LSTM: added to the forget gate. [default: 1.0]")
+@click.option("--chrono", type=int, metavar="T_MAX", help="LSTM: chrono initialisation of the forget and input "
+              "gate biases, for dependencies up to T_MAX steps.")
 @click.option("--activation", type=click.Choice(["tanh", "relu"]), help="RNN: activation. [default: tanh]")
 @click.option("--input-keep", type=float, help="Dropout: keep probability of each layer's input.")
 @click.option("--output-keep", type=float, help="Dropout: keep probability of each layer's output.")

@@ -48,6 +48,11 @@ class LSTM:
     the recurrent state), ``proj_clip`` (clip r_t; needs ``proj``), and
     ``layer_norm`` (TF LayerNormBasicLSTMCell: no bias, each gate's
     pre-activation and the new cell normalised with their own gain and shift).
+
+    ``chrono=T_max`` changes only the initialisation (Tallec & Ollivier 2018, "Can
+    recurrent neural networks warp time?"): unit k's forget-gate bias (b_f plus
+    forget_bias) starts at log(u_k), u_k ~ U[1, T_max - 1], and its input-gate bias
+    b_i at -log(u_k), so that the cells start out remembering over 1 to T_max steps.
     """
     hidden: int
     forget_bias: float = 1.0
@@ -56,6 +61,7 @@ class LSTM:
     proj: int | None = None
     proj_clip: float | None = None
     layer_norm: bool = False
+    chrono: int | None = None
 
     def __post_init__(self):
         _check_hidden(self.hidden)
@@ -71,6 +77,12 @@ class LSTM:
             raise ValueError(f"proj must be None or a positive integer, got {self.proj!r}")
         if self.proj_clip is not None and self.proj is None:
             raise ValueError(f"proj_clip={self.proj_clip!r} needs proj (the projection size)")
+        if self.chrono is not None:
+            if isinstance(self.chrono, bool) or not isinstance(self.chrono, int) or self.chrono < 2:
+                raise ValueError(f"chrono must be None or an integer >= 2 (the longest dependency in steps), "
+                                 f"got {self.chrono!r}")
+            if self.layer_norm:
+                raise ValueError("chrono initialises the gate biases, which layer_norm=True does not have")
 
     @property
     def output_size(self):

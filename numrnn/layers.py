@@ -142,7 +142,7 @@ class LSTMLayer(Recurrent):
 
     def initialise(self, rng):
         """W Glorot, U orthogonal per gate, b 0 (forget_bias is added inside the
-        cell, as in TF), peepholes 0, P Glorot, layer-norm gains 1 and shifts 0."""
+        cell, as in TF) or chrono's, peepholes 0, P Glorot, layer-norm gains 1 and shifts 0."""
         H, p = self.hidden, self.p
         p["W"][:] = glorot_uniform(rng, p["W"].shape, self.dtype)
         p["U"][:] = orthogonal_blocks(rng, self.output_size, 4 * H, self.dtype, width=H)
@@ -154,6 +154,11 @@ class LSTMLayer(Recurrent):
         for name in LSTM_LN_GAINS:
             if name in p:
                 p[name][:] = 1.0
+        if self.spec.chrono is not None:
+            # Chrono initialisation (cells.LSTM): gate blocks i, j, f, o.
+            log_u = np.log(rng.uniform(1.0, self.spec.chrono - 1.0, H))
+            p["b"][0:H] = -log_u
+            p["b"][2 * H:3 * H] = log_u - self.spec.forget_bias
 
     def _workspaces(self, T, B):
         H, R, spec = self.hidden, self.output_size, self.spec

@@ -168,6 +168,8 @@ def test_config_file_errors(tmp_path, text, key):
     (["--cell", "cnn"], "--cell"),
     (["--lr", "0"], "--lr"),
     (["--cell", "gru", "--peepholes"], "--peepholes"),
+    (["--cell", "gru", "--chrono", "10"], "--chrono"),
+    (["--chrono", "1"], "--chrono"),
     (["--proj-clip", "1.0"], "--proj-clip"),
     (["--cell-clip", "-1"], "--cell-clip"),
     (["--hidden", "8,8", "--layers", "3"], "--layers"),

@@ -179,6 +179,32 @@ def test_parameter_names_shapes_and_init(variant):
         size = 2 * R
 
 
+def test_chrono_initialisation(tmp_path):
+    """chrono=T_max: forget-gate bias (b_f + forget_bias) = log u, input-gate bias = -log u,
+    u in [1, T_max - 1]; the other parameters are drawn as without chrono; saved and loaded."""
+    T_max, H = 50, 64
+    model = nr.SequenceModel(3, [nr.LSTM(H, chrono=T_max, forget_bias=1.0)], head=nr.heads.Classify(2), seed=1)
+    plain = nr.SequenceModel(3, [nr.LSTM(H, forget_bias=1.0)], head=nr.heads.Classify(2), seed=1)
+    b_i, b_j, b_f, b_o = np.split(model.named_params()["layers.0.fw.b"], 4)
+    log_u = b_f.astype(np.float64) + 1.0
+    assert log_u.min() >= 0.0 and log_u.max() <= np.log(T_max - 1) + 1e-6
+    assert log_u.std() > 0.5                                  # spread over the range, not one value
+    np.testing.assert_allclose(b_i, -log_u, atol=1e-6)
+    assert (b_j == 0).all() and (b_o == 0).all()
+    for name in ("layers.0.fw.W", "layers.0.fw.U"):
+        np.testing.assert_array_equal(model.named_params()[name], plain.named_params()[name])
+    nr.save(model, tmp_path / "chrono.npz")
+    loaded = nr.load(tmp_path / "chrono.npz")
+    assert loaded.specs[0].chrono == T_max
+    np.testing.assert_array_equal(loaded.params, model.params)
+    for bad, match in ((1, "chrono must be None or an integer >= 2"), (True, "chrono must be None"),
+                       (10.0, "chrono must be None")):
+        with pytest.raises(ValueError, match=match):
+            nr.LSTM(H, chrono=bad)
+    with pytest.raises(ValueError, match="layer_norm=True does not have"):
+        nr.LSTM(H, chrono=10, layer_norm=True)
+
+
 # ----------------------------------------------------------------------------- finite differences
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -87,9 +87,14 @@ class Classify(_LinearHead):
     def predict(self, p, out, lengths, split):
         """Class probabilities (B, n)."""
         self.require_nonempty(lengths)
-        logits = last_step_features(out, lengths, split) @ p["W"] + p["b"]
+        return self.predict_features(p, last_step_features(out, lengths, split))
+
+    @staticmethod
+    def predict_features(p, features):
+        """Class probabilities (B, n) from the last-step features (B, D)."""
+        logits = features @ p["W"] + p["b"]
         probs = np.empty_like(logits)
-        softmax(probs, logits)
+        softmax.for_rows(probs.shape[0])(probs, logits)
         return probs
 
 
@@ -143,7 +148,7 @@ class Tag(_LinearHead):
         T, B, D = out.shape
         logits = out.reshape(T * B, D) @ p["W"] + p["b"]
         probs = np.empty_like(logits)
-        softmax(probs, logits)
+        softmax.for_rows(probs.shape[0])(probs, logits)
         probs = probs.reshape(T, B, self.n)
         probs[np.arange(T)[:, None] >= lengths[None, :]] = 0.0
         return probs
@@ -182,7 +187,12 @@ class Regress(_LinearHead):
     def predict(self, p, out, lengths, split):
         """Predicted values (B, k)."""
         self.require_nonempty(lengths)
-        return last_step_features(out, lengths, split) @ p["W"] + p["b"]
+        return self.predict_features(p, last_step_features(out, lengths, split))
+
+    @staticmethod
+    def predict_features(p, features):
+        """Predicted values (B, k) from the last-step features (B, D)."""
+        return features @ p["W"] + p["b"]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ state, which is its output at step ``lengths[b] - 1``. A bidirectional model mus
 finish a layer's backward direction before the next layer can start, so it keeps one
 layer's outputs (T, B, D) at a time, still without gate activations.
 
+A batch of fewer than ``2 * threads.MIN_SLAB_ROWS`` rows runs on one thread (the
+kernels' serial builds): for a batch of one, starting the thread pool every step
+would cost more than the step.
+
 Every call allocates its own state and workspaces, and the model's parameters are
 only read: any number of threads may call ``predict`` on one model at once. A
 ``Stream`` owns its state; use one stream per thread.
@@ -35,7 +39,7 @@ from .kernels.gru import gru_infer, gru_ra_infer
 from .kernels.lstm import lstm_infer
 from .kernels.rnn import rnn_infer
 from .layers import GRU_LN_GAINS, GRU_LN_SHIFTS, GRULayer, GRUResetAfterLayer, LSTMLayer, RNNLayer
-from .threads import get_num_threads
+from .threads import slabs_for
 
 __all__ = ["predict", "Stream", "CHUNK"]
 
@@ -51,6 +55,7 @@ class _Runner:
 
     def __init__(self, layer, B, chunk):
         self.layer, self.B, self.chunk = layer, B, chunk
+        self.n_slabs = slabs_for(B)             # the thread count when the runner is made
         dtype = self.dtype = layer.dtype
         self.state = {name: np.zeros((2, B, size), dtype) for name, size in layer.state_sizes.items()}
         self.ones = np.ones((1, B, layer.output_size), dtype)
@@ -85,7 +90,7 @@ class _RNN(_Runner):
     def _run(self, y, x, lengths, t0):
         p, ws = self.layer.p, self.ws
         rnn_infer(y, self.state["h"], x, p["W"], p["U"], p["b"], lengths, t0, self.relu, ws["z"][:x.shape[0]],
-                  ws["rec"], self.ones, get_num_threads())
+                  ws["rec"], self.ones, self.n_slabs)
 
 
 class _LSTM(_Runner):
@@ -108,7 +113,7 @@ class _LSTM(_Runner):
         lstm_infer(y, self.state["h"], self.state["c"], ws["gates"][:x.shape[0]], ws["tanh_c"], ws["m"],
                    ws["c_pre"], ws["r_pre"], ws["ln_hat"], ws["ln_rstd"], x, p["W"], p["U"], self.b, peep, P,
                    ln_gain, ln_shift, self.ones, lengths, t0, self.forget_bias, cell_clip, proj_clip, ws["rec"],
-                   get_num_threads())
+                   self.n_slabs)
 
 
 class _GRU(_Runner):
@@ -128,7 +133,7 @@ class _GRU(_Runner):
         p, ws, n = self.layer.p, self.ws, x.shape[0]
         gru_infer(y, self.state["h"], ws["gates"][:n], ws["cand"][:n], ws["rh"], ws["ln_hat"], ws["ln_rstd"], x,
                   p["W_g"], p["U_g"], self.b_g, p["W_c"], p["U_c"], self.b_c, self.ln_gain, self.ln_shift,
-                  self.ones, lengths, t0, ws["rec_g"], ws["rec_c"], get_num_threads())
+                  self.ones, lengths, t0, ws["rec_g"], ws["rec_c"], self.n_slabs)
 
 
 class _GRUResetAfter(_Runner):
@@ -143,7 +148,7 @@ class _GRUResetAfter(_Runner):
     def _run(self, y, x, lengths, t0):
         p, ws = self.layer.p, self.ws
         gru_ra_infer(y, self.state["h"], ws["gates"][:x.shape[0]], ws["q_c"], x, p["W"], p["U"], p["b_x"],
-                     p["b_h"], self.ones, lengths, t0, ws["rec"], get_num_threads())
+                     p["b_h"], self.ones, lengths, t0, ws["rec"], self.n_slabs)
 
 
 _RUNNERS = {RNNLayer: _RNN, LSTMLayer: _LSTM, GRULayer: _GRU, GRUResetAfterLayer: _GRUResetAfter}
@@ -236,8 +241,9 @@ def predict(model, x, lengths=None, time_major=False, beam=None, chunk=CHUNK):
     out, final_h = run(model, x, lengths, T_run, per_step, int(chunk))
     p, split = model.head_params, model._split
     if not per_step:
-        # The output at step lengths[b] - 1 is the final state h: the head reads it as a one-step sequence.
-        return head.predict(p, final_h[None], np.ones(x.shape[1], np.int64), split)
+        # The features the head reads (output at step lengths[b] - 1, and at step 0 for the
+        # backward half) are the final state h.
+        return head.predict_features(p, final_h)
     if beam is not None:
         return head.predict(p, out, lengths, split, beam=beam)
     pred = head.predict(p, out, lengths, split)
@@ -357,5 +363,4 @@ class Stream:
             logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
             logp[lengths == 0] = 0.0
             return logp.astype(model.dtype)
-        h = self._runners[-1].state["h"][0]
-        return head.predict(p, h[None], self._all, split)
+        return head.predict_features(p, self._runners[-1].state["h"][0])

@@ -54,7 +54,10 @@ DEFAULTS = {
     # task; a cosine decay over 10 x 20,000 sequences cools the rate before that happens.
     "adding": {**_COMMON, "epochs": 8, "batch_size": 64, "lr": 2e-3, "schedule": "constant", "length": 200,
                "train_size": 50000},
-    "copy": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 50, "train_size": 20000},
+    # copy: plain LSTM-128 learns it slowly (60% symbol accuracy at T=50 after 3,000,000 sequences);
+    # with --chrono (the sequence length) it solves T=50 in a fraction of that.
+    "copy": {**_COMMON, "epochs": 30, "batch_size": 64, "lr": 2e-3, "schedule": "constant", "length": 50,
+             "train_size": 50000},
     "parity": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 50, "train_size": 20000},
     "ctc-digits": {**_COMMON, "hidden": [128, 128], "bidirectional": True, "epochs": 10, "batch_size": 32,
                    "lr": 2e-3, "train_size": 20000},

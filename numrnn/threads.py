@@ -29,6 +29,18 @@ def get_num_threads():
     return numba.get_num_threads()
 
 
+MIN_SLAB_ROWS = 8
+
+
+def slabs_for(rows):
+    """Row slabs for a kernel over ``rows`` batch rows: one per thread, but none under
+    MIN_SLAB_ROWS rows, so a small batch runs on one slab, the kernel's serial build
+    (launching a parallel region costs more than a step of a few rows)."""
+    if rows < 2 * MIN_SLAB_ROWS:
+        return 1
+    return max(1, min(get_num_threads(), rows // MIN_SLAB_ROWS))
+
+
 def pin_kernel_blas():
     """Run the BLAS that Numba's np.dot calls on one thread (once per process)."""
     global _kernel_blas_pinned

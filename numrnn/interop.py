@@ -116,7 +116,8 @@ def from_torch(module, head=None, linear=None):
         module: ``torch.nn.RNN`` (tanh or relu), ``torch.nn.LSTM`` (any ``proj_size``) or
             ``torch.nn.GRU``; any ``num_layers``, ``bidirectional``, ``batch_first``, ``bias``.
             float32 or float64 (the model's dtype).
-        head: the model's head: a ``torch.nn.Linear`` (a Classify head with its weights), a numrnn head spec (``nr.heads.Classify(10)``, ``Tag(n, delay)``,
+        head: the model's head: a ``torch.nn.Linear`` (a Classify head with its weights), a numrnn
+            head spec (``nr.heads.Classify(10)``, ``Tag(n, delay)``,
             ``Regress(k)``, ``CTC(n_labels, blank)``) or a kind, ``"classify"``, ``"tag"``,
             ``"regress"`` or ``"ctc"`` (CTC with blank 0), sized by ``linear.out_features``.
             None (with no ``linear``): ``Regress(D)`` with an identity ``W`` and zero ``b``, so that

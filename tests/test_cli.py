@@ -22,12 +22,8 @@ TINY = ["--hidden", "8", "--epochs", "1", "--batch-size", "16", "--quiet"]
 SYNTHETIC = {"adding": ["--length", "6"], "copy": ["--length", "3"], "parity": ["--length", "6"]}
 
 
-@pytest.fixture
-def fake_mnist(monkeypatch):
-    """load_mnist returns 48 / 16 / 16 random images; records the path it was given.
-    ctc-digits builds 8 validation and 8 test strings from them."""
-    calls = []
-
+def _fake_load_mnist(calls):
+    """A load_mnist that returns 48 / 16 / 16 random images and appends each path it is given to calls."""
     def load_mnist(path=None, cache_dir=None, progress=None):
         calls.append(path)
         rng = np.random.default_rng(0)
@@ -36,8 +32,15 @@ def fake_mnist(monkeypatch):
             data[f"{split}_x"] = rng.random((n, 28, 28), dtype=np.float32)
             data[f"{split}_y"] = rng.integers(0, 10, n)
         return data
+    return load_mnist
 
-    monkeypatch.setattr(mnist_data, "load_mnist", load_mnist)
+
+@pytest.fixture
+def fake_mnist(monkeypatch):
+    """load_mnist returns 48 / 16 / 16 random images; records the path it was given.
+    ctc-digits builds 8 validation and 8 test strings from them."""
+    calls = []
+    monkeypatch.setattr(mnist_data, "load_mnist", _fake_load_mnist(calls))
     monkeypatch.setattr(tasks, "CTC_DIGITS_VALID_SIZE", 8)
     monkeypatch.setattr(tasks, "CTC_DIGITS_TEST_SIZE", 8)
     return calls
@@ -262,7 +265,7 @@ def smnist_run(tmp_path_factory):
     """A tiny smnist model trained by `numrnn train` on the fake MNIST, and the test split it was evaluated on."""
     tmp_path = tmp_path_factory.mktemp("smnist")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        _fake(monkeypatch)
+        monkeypatch.setattr(mnist_data, "load_mnist", _fake_load_mnist([]))
         out = tmp_path / "run"
         result = run("train", "smnist", *TINY, "--limit", 32, "--mnist", tmp_path, "--out", out)
         assert result.exit_code == 0, result.output
@@ -270,17 +273,6 @@ def smnist_run(tmp_path_factory):
         test = tasks.load_task("smnist", mnist=str(tmp_path), splits=("test",)).test
     return out, evaluated, test
 
-
-def _fake(monkeypatch):
-    def load_mnist(path=None, cache_dir=None, progress=None):
-        rng = np.random.default_rng(0)
-        data = {}
-        for split, n in (("train", 48), ("valid", 16), ("test", 16)):
-            data[f"{split}_x"] = rng.random((n, 28, 28), dtype=np.float32)
-            data[f"{split}_y"] = rng.integers(0, 10, n)
-        return data
-
-    monkeypatch.setattr(mnist_data, "load_mnist", load_mnist)
 
 
 def test_predict_reproduces_eval_accuracy(smnist_run, tmp_path):

@@ -177,6 +177,7 @@ def _run_loss(logits, labels, logit_lengths, label_lengths, blank, zero_infinity
     ctc_loss_and_grad(dlogits, losses,
                       ws.take("alpha", (B, max(T, 1), L), np.float64),    # (B, T, L)
                       ws.take("beta", (B, 2, L), np.float64),             # (B, 2, L)
+                      ws.take("probs", (B, max(T, 1), C), np.float64),    # (B, T, C)
                       ws.take("log_z", (B, max(T, 1)), np.float64),       # (B, T)
                       ws.take("occupancy", (B, C), np.float64),           # (B, C)
                       logits, labels, logit_lengths, label_lengths, blank, zero_infinity, need_grad)
@@ -215,7 +216,8 @@ def loss_and_grad(logits, labels, logit_lengths, label_lengths, blank=0, zero_in
 
     Notes:
         Graves et al. 2006, "Connectionist Temporal Classification": forward-backward
-        recursion in log space, float64 inside for every input dtype. Matches
+        recursion on probabilities rescaled at every step (in log space for a sequence
+        whose probabilities leave float64's range), float64 inside for every input dtype. Matches
         ``torch.nn.functional.ctc_loss(logits.log_softmax(-1), ..., reduction='none')``.
     """
     return _run_loss(logits, labels, logit_lengths, label_lengths, blank, zero_infinity, time_major, True)

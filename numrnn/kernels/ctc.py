@@ -6,8 +6,8 @@ of the output and workspace arrays, so the threads never share memory. The
 arithmetic is float64 whatever the input dtype: the log-likelihood of a sequence
 is a sum of T terms, and float32 would lose digits for T in the thousands.
 
-fastmath stays off (STYLE.md, point 7): the recursions rely on ``-inf`` for the
-log of zero.
+fastmath stays off (STYLE.md, point 7): the log-space recursion relies on ``-inf``
+for the log of zero.
 
 Notes:
     A. Graves, S. Fernandez, F. Gomez, J. Schmidhuber, "Connectionist Temporal
@@ -84,10 +84,10 @@ def can_skip(labels, b, s):
     return s % 2 == 1 and s >= 3 and labels[b, s // 2] != labels[b, s // 2 - 1]
 
 
-# ----------------------------------------------------------------------------- loss and gradient
+# ----------------------------------------------------------------------------- loss and gradient: log space
 
 @jit
-def _ctc_forward(alpha, log_z, logits, labels, b, Tb, L, blank):
+def _log_forward(alpha, log_z, logits, labels, b, Tb, L, blank):
     """Fill alpha[b, :Tb, :L] (log forward variables, Graves et al. 2006 eq. 5-7) and
     log_z[b, :Tb]; return log p(label | x). Positions that cannot lie on a complete
     path (s > 2t + 1, or too far from the end to reach it) hold -inf."""
@@ -121,7 +121,7 @@ def _ctc_forward(alpha, log_z, logits, labels, b, Tb, L, blank):
 
 
 @jit
-def _ctc_backward(dlogits, beta, occupancy, alpha, log_z, logits, labels, b, Tb, L, blank, log_p):
+def _log_backward(dlogits, beta, occupancy, alpha, log_z, logits, labels, b, Tb, L, blank, log_p):
     """Run the backward variables (Graves et al. 2006 eq. 10-12; beta_t(s) includes the
     output at t) from t = Tb - 1 down to 0 in two rolling rows beta[b, t % 2], and write
     dlogits[b, t] = softmax(logits[b, t]) - occupancy_t (eq. 16) on the way."""
@@ -160,8 +160,119 @@ def _ctc_backward(dlogits, beta, occupancy, alpha, log_z, logits, labels, b, Tb,
             dlogits[b, t, k] = math.exp(logits[b, t, k] - log_z[b, t]) - occupancy[b, k]
 
 
+# ----------------------------------------------------------------------------- loss and gradient: rescaled
+
+# A step whose forward, backward or occupancy total falls below this sends the sequence to
+# the log-space recursion: far below it the rescaled variables would lose digits.
+SCALED_TINY = 1e-200
+
+
+@jit
+def _softmax_rows(probs, logits, b, Tb):
+    """probs[b, t] = softmax(logits[b, t]) in float64 for t < Tb (max-shifted)."""
+    C = logits.shape[2]
+    for t in range(Tb):
+        top = np.float64(logits[b, t, 0])
+        for k in range(1, C):
+            top = max(top, np.float64(logits[b, t, k]))
+        total = 0.0
+        for k in range(C):
+            e = math.exp(np.float64(logits[b, t, k]) - top)
+            probs[b, t, k] = e
+            total += e
+        inv = 1.0 / total
+        for k in range(C):
+            probs[b, t, k] *= inv
+
+
+@jit
+def _scaled_forward(alpha, probs, labels, b, Tb, L, blank):
+    """Fill alpha[b, :Tb, :L] with the forward variables (Graves et al. 2006 eq. 5-7), each
+    step divided by its total so that it sums to 1 (Graves 2012, section 7.3.1); return
+    log p(label | x) = the sum of the logs of the totals, or NaN when a total falls below
+    SCALED_TINY (no alignment, or probabilities beyond float64's range). Positions that
+    cannot lie on a complete path hold 0."""
+    log_p = 0.0
+    for t in range(Tb):
+        lo = max(0, L - 2 * (Tb - t))
+        hi = min(L, 2 * t + 2)
+        total = 0.0
+        for s in range(L):
+            if s < lo or s >= hi:
+                alpha[b, t, s] = 0.0
+                continue
+            if t == 0:
+                acc = 1.0
+            else:
+                acc = alpha[b, t - 1, s]
+                if s >= 1:
+                    acc += alpha[b, t - 1, s - 1]
+                if can_skip(labels, b, s):
+                    acc += alpha[b, t - 1, s - 2]
+            acc *= probs[b, t, extended_label(labels, b, s, blank)]
+            alpha[b, t, s] = acc
+            total += acc
+        if not total >= SCALED_TINY:
+            return np.nan
+        inv = 1.0 / total
+        for s in range(lo, hi):
+            alpha[b, t, s] *= inv
+        log_p += math.log(total)
+    # At t = Tb - 1 only the two final positions are open, so their total is the last factor.
+    return log_p
+
+
+@jit
+def _scaled_backward(dlogits, beta, occupancy, alpha, probs, labels, b, Tb, L, blank):
+    """Run the backward variables, here without the output at t (beta_t(s) = p(rest of
+    the labelling after t | position s at t)), from t = Tb - 1 down to 0 in two rolling
+    rows beta[b, t % 2], each step divided by its total, and write
+    dlogits[b, t, k] = y_t(k) - sum_{s: l'_s = k} gamma_t(s) (Graves et al. 2006 eq. 16),
+    with gamma_t(s) = alpha_t(s) beta_t(s) / sum_s' alpha_t(s') beta_t(s'), the share of
+    the probability through (t, s): the step totals cancel in it. Return False when a
+    total falls below SCALED_TINY (dlogits[b] is then incomplete)."""
+    C = probs.shape[2]
+    for t in range(Tb - 1, -1, -1):
+        cur = t % 2
+        nxt = 1 - cur
+        lo = max(0, L - 2 * (Tb - t))
+        hi = min(L, 2 * t + 2)
+        total = 0.0
+        for s in range(L):
+            if s < lo or s >= hi:
+                beta[b, cur, s] = 0.0
+                continue
+            if t == Tb - 1:
+                acc = 1.0          # lo >= L - 2: the two final positions
+            else:
+                acc = beta[b, nxt, s] * probs[b, t + 1, extended_label(labels, b, s, blank)]
+                if s + 1 < L:
+                    acc += beta[b, nxt, s + 1] * probs[b, t + 1, extended_label(labels, b, s + 1, blank)]
+                if s + 2 < L and can_skip(labels, b, s + 2):
+                    acc += beta[b, nxt, s + 2] * probs[b, t + 1, labels[b, (s + 2) // 2]]
+            beta[b, cur, s] = acc
+            total += acc
+        if not total >= SCALED_TINY:
+            return False
+        inv = 1.0 / total
+        for k in range(C):
+            occupancy[b, k] = 0.0
+        through = 0.0
+        for s in range(lo, hi):
+            beta[b, cur, s] *= inv
+            share = alpha[b, t, s] * beta[b, cur, s]
+            occupancy[b, extended_label(labels, b, s, blank)] += share
+            through += share
+        if not through >= SCALED_TINY:
+            return False
+        inv = 1.0 / through
+        for k in range(C):
+            dlogits[b, t, k] = probs[b, t, k] - occupancy[b, k] * inv
+    return True
+
+
 @kernel
-def ctc_loss_and_grad(dlogits, losses, alpha, beta, log_z, occupancy, logits, labels, logit_lengths,
+def ctc_loss_and_grad(dlogits, losses, alpha, beta, probs, log_z, occupancy, logits, labels, logit_lengths,
                       label_lengths, blank, zero_infinity, need_grad):
     """Per-sequence CTC negative log-likelihood and its gradient, sequences in parallel.
 
@@ -172,25 +283,34 @@ def ctc_loss_and_grad(dlogits, losses, alpha, beta, log_z, occupancy, logits, la
         losses: (B,) out: -log p(labels[b, :label_lengths[b]] | logits[b, :logit_lengths[b]]);
             inf when no alignment exists, or 0 then with zero_infinity.
         alpha: (B, T, L) float64 workspace, L >= 2 max(label_lengths) + 1.
-        beta: (B, 2, L) float64 workspace.  log_z: (B, T) float64 workspace.
-        occupancy: (B, C) float64 workspace.
+        beta: (B, 2, L) float64 workspace.  probs: (B, T, C) float64 workspace.
+        log_z: (B, T) float64 workspace.  occupancy: (B, C) float64 workspace.
         logits: (B, T, C) unnormalised scores.  labels: (B, S) int, each in [0, C), != blank
             before label_lengths[b].  logit_lengths, label_lengths: (B,) int.
         blank: index of the blank class.  zero_infinity, need_grad: bool.
 
     Notes:
-        Graves et al. 2006: log-space forward variables over the extended label sequence
-        (section 4.1), backward variables in two rolling rows, and
+        Graves et al. 2006: forward variables over the extended label sequence (section
+        4.1), backward variables in two rolling rows, and
         d(-log p)/d u_k^t = y_k^t - (1/p) sum_{s: l'_s = k} alpha_t(s) beta_t(s) / y_k^t (eq. 16).
+        The recursions run on probabilities rescaled at every step: one exp per logit and
+        one log per step, where log space needs an exp and a log per position and step.
+        A sequence whose step totals leave float64's range (no alignment, or logits
+        hundreds apart) is redone exactly in log space.
     """
     B, T, C = logits.shape
     for b in prange(B):
         Tb = logit_lengths[b]
         L = 2 * label_lengths[b] + 1
+        in_log_space = False
         if Tb == 0:
             log_p = 0.0 if L == 1 else NEG_INF
         else:
-            log_p = _ctc_forward(alpha, log_z, logits, labels, b, Tb, L, blank)
+            _softmax_rows(probs, logits, b, Tb)
+            log_p = _scaled_forward(alpha, probs, labels, b, Tb, L, blank)
+            if math.isnan(log_p):
+                in_log_space = True
+                log_p = _log_forward(alpha, log_z, logits, labels, b, Tb, L, blank)
         finite = log_p != NEG_INF
         if finite:
             losses[b] = -log_p
@@ -202,7 +322,12 @@ def ctc_loss_and_grad(dlogits, losses, alpha, beta, log_z, occupancy, logits, la
             continue
         first_zero = Tb
         if finite and Tb > 0:
-            _ctc_backward(dlogits, beta, occupancy, alpha, log_z, logits, labels, b, Tb, L, blank, log_p)
+            if not in_log_space and not _scaled_backward(dlogits, beta, occupancy, alpha, probs, labels, b,
+                                                         Tb, L, blank):
+                in_log_space = True
+                _log_forward(alpha, log_z, logits, labels, b, Tb, L, blank)
+            if in_log_space:
+                _log_backward(dlogits, beta, occupancy, alpha, log_z, logits, labels, b, Tb, L, blank, log_p)
         else:
             first_zero = 0
         for t in range(first_zero, T):

@@ -197,7 +197,9 @@ class SequenceModel:
             if keep < 1.0:
                 steps = 1 if drop.variational else T
                 kept = self.rng.random((steps, B, n)) < keep
-                masks[kind] = np.broadcast_to(kept * self.dtype.type(1.0 / keep), (T, B, n)).astype(self.dtype)
+                # C order: the kernels then see one array layout, and compile once per dtype.
+                masks[kind] = np.broadcast_to(kept * self.dtype.type(1.0 / keep), (T, B, n)).astype(self.dtype,
+                                                                                                   order="C")
         return masks
 
     def _backward(self, dout, lengths, need_dx):

@@ -10,7 +10,7 @@ from .kernels.gru import gru_backward, gru_forward, gru_ra_backward, gru_ra_forw
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.rnn import rnn_backward, rnn_forward
 from .params import glorot_uniform, orthogonal_blocks
-from .threads import get_num_threads
+from .threads import slabs_for
 
 
 class Recurrent:
@@ -59,6 +59,7 @@ class Recurrent:
         if state_mask is None:      # no state dropout: one step of ones
             state_mask = np.ones((1, B, self.output_size), self.dtype)
         self.x, self.lengths, self.state_mask = x, lengths, state_mask
+        self.n_slabs = slabs_for(B)     # one per thread; 1 (the serial build) for a small batch
         self._forward(ws, x, lengths)
         return ws["y"]
 
@@ -108,13 +109,13 @@ class RNNLayer(Recurrent):
     def _forward(self, ws, x, lengths):
         p = self.p
         rnn_forward(ws["y"], ws["h"], x, p["W"], p["U"], p["b"], self.state_mask, lengths,
-                    self.spec.activation == "relu", ws["z"], ws["rec"], get_num_threads())
+                    self.spec.activation == "relu", ws["z"], ws["rec"], self.n_slabs)
 
     def _backward(self, dx, dstate0, dy, dstate_T, need_dx):
         p, g, ws = self.p, self.g, self.ws
         rnn_backward(dx, dstate0["h"], g["W"], g["U"], g["b"], dy, dstate_T["h"], ws["y"], ws["h"], self.x,
                      p["W"], p["U"], self.state_mask, self.lengths, self.spec.activation == "relu", need_dx,
-                     ws["dz"], ws["dh_carry"], ws["dh_rec"], get_num_threads())
+                     ws["dz"], ws["dh_carry"], ws["dh_rec"], self.n_slabs)
 
 
 LSTM_PEEPHOLES = ("p_i", "p_f", "p_o")
@@ -188,7 +189,7 @@ class LSTMLayer(Recurrent):
         lstm_forward(ws["y"], ws["h"], ws["c"], ws["gates"], ws["tanh_c"], ws["m"], ws["c_pre"], ws["r_pre"],
                      ws["ln_hat"], ws["ln_rstd"], x, p["W"], p["U"], b, peep, P, ln_gain, ln_shift,
                      self.state_mask, lengths, self.dtype.type(spec.forget_bias), cell_clip, proj_clip, ws["rec"],
-                     get_num_threads())
+                     self.n_slabs)
 
     def _backward(self, dx, dstate0, dy, dstate_T, need_dx):
         p, g, ws, spec = self.p, self.g, self.ws, self.spec
@@ -201,7 +202,7 @@ class LSTMLayer(Recurrent):
                       ws["c_pre"], ws["r_pre"], ws["ln_hat"], ws["ln_rstd"], self.x, p["W"], p["U"], peep, P,
                       ln_gain, self.state_mask, self.lengths, cell_clip, proj_clip, need_dx,
                       ws["dz"], ws["dr"], ws["dm"], ws["dr_carry"], ws["dr_rec"], ws["dpeep_rows"],
-                      ws["dln_gain_rows"], ws["dln_shift_rows"], get_num_threads())
+                      ws["dln_gain_rows"], ws["dln_shift_rows"], self.n_slabs)
         if spec.peepholes:
             self._add_stacked(LSTM_PEEPHOLES, dpeep)
         if spec.layer_norm:
@@ -259,7 +260,7 @@ class GRULayer(Recurrent):
         gru_forward(ws["y"], ws["h"], ws["gates"], ws["cand"], ws["rh"], ws["ln_hat"], ws["ln_rstd"], x,
                     p["W_g"], p["U_g"], b_g, p["W_c"], p["U_c"], b_c, self._stacked(GRU_LN_GAINS, ln),
                     self._stacked(GRU_LN_SHIFTS, ln), self.state_mask, lengths, ws["rec_g"], ws["rec_c"],
-                    get_num_threads())
+                    self.n_slabs)
 
     def _backward(self, dx, dstate0, dy, dstate_T, need_dx):
         p, g, ws, ln = self.p, self.g, self.ws, self.spec.layer_norm
@@ -270,7 +271,7 @@ class GRULayer(Recurrent):
                      dy, dstate_T["h"], ws["h"], ws["gates"], ws["cand"], ws["rh"], ws["ln_hat"], ws["ln_rstd"],
                      self.x, p["W_g"], p["U_g"], p["W_c"], p["U_c"], ln_gain, self.state_mask, self.lengths,
                      need_dx, ws["dz_g"], ws["dz_c"], ws["dh_carry"], ws["dh_rec"], ws["d_rh"],
-                     ws["dln_gain_rows"], ws["dln_shift_rows"], get_num_threads())
+                     ws["dln_gain_rows"], ws["dln_shift_rows"], self.n_slabs)
         if ln:
             self._add_stacked(GRU_LN_GAINS, dln_gain)
             self._add_stacked(GRU_LN_SHIFTS, dln_shift)
@@ -298,13 +299,13 @@ class GRUResetAfterLayer(Recurrent):
     def _forward(self, ws, x, lengths):
         p = self.p
         gru_ra_forward(ws["y"], ws["h"], ws["gates"], ws["q_c"], x, p["W"], p["U"], p["b_x"], p["b_h"],
-                       self.state_mask, lengths, ws["rec"], get_num_threads())
+                       self.state_mask, lengths, ws["rec"], self.n_slabs)
 
     def _backward(self, dx, dstate0, dy, dstate_T, need_dx):
         p, g, ws = self.p, self.g, self.ws
         gru_ra_backward(dx, dstate0["h"], g["W"], g["U"], g["b_x"], g["b_h"], dy, dstate_T["h"], ws["h"],
                         ws["gates"], ws["q_c"], self.x, p["W"], p["U"], self.state_mask, self.lengths, need_dx,
-                        ws["da"], ws["dq"], ws["dh_carry"], ws["dh_rec"], get_num_threads())
+                        ws["da"], ws["dq"], ws["dh_carry"], ws["dh_rec"], self.n_slabs)
 
 
 def make_layer(spec, input_size, dtype):

@@ -84,6 +84,14 @@ def can_skip(labels, b, s):
     return s % 2 == 1 and s >= 3 and labels[b, s // 2] != labels[b, s // 2 - 1]
 
 
+@jit
+def open_positions(t, Tb, L):
+    """Positions [lo, hi) of the extended sequence that lie on a complete path at step t
+    of Tb: a path advances at most two positions a step, so it reaches at most 2t + 1 by
+    step t and must be within 2 (Tb - t) of the end, L - 1 or L - 2, to finish."""
+    return max(0, L - 2 * (Tb - t)), min(L, 2 * t + 2)
+
+
 # ----------------------------------------------------------------------------- loss and gradient: log space
 
 @jit
@@ -99,8 +107,7 @@ def _log_forward(alpha, log_z, logits, labels, b, Tb, L, blank):
     if L > 1:
         alpha[b, 0, 1] = logits[b, 0, labels[b, 0]] - log_z[b, 0]
     for t in range(1, Tb):
-        lo = max(0, L - 2 * (Tb - t))
-        hi = min(L, 2 * t + 2)
+        lo, hi = open_positions(t, Tb, L)
         for s in range(L):
             if s < lo or s >= hi:
                 alpha[b, t, s] = NEG_INF
@@ -129,8 +136,7 @@ def _log_backward(dlogits, beta, occupancy, alpha, log_z, logits, labels, b, Tb,
     for t in range(Tb - 1, -1, -1):
         cur = t % 2
         nxt = 1 - cur
-        lo = max(0, L - 2 * (Tb - t))
-        hi = min(L, 2 * t + 2)
+        lo, hi = open_positions(t, Tb, L)
         for s in range(L):
             if s < lo or s >= hi:
                 beta[b, cur, s] = NEG_INF
@@ -194,8 +200,7 @@ def _scaled_forward(alpha, probs, labels, b, Tb, L, blank):
     cannot lie on a complete path hold 0."""
     log_p = 0.0
     for t in range(Tb):
-        lo = max(0, L - 2 * (Tb - t))
-        hi = min(L, 2 * t + 2)
+        lo, hi = open_positions(t, Tb, L)
         total = 0.0
         for s in range(L):
             if s < lo or s >= hi:
@@ -235,8 +240,7 @@ def _scaled_backward(dlogits, beta, occupancy, alpha, probs, labels, b, Tb, L, b
     for t in range(Tb - 1, -1, -1):
         cur = t % 2
         nxt = 1 - cur
-        lo = max(0, L - 2 * (Tb - t))
-        hi = min(L, 2 * t + 2)
+        lo, hi = open_positions(t, Tb, L)
         total = 0.0
         for s in range(L):
             if s < lo or s >= hi:

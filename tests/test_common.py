@@ -1,9 +1,11 @@
-"""numrnn.kernels.common: the scalar activations the kernels inline."""
+"""numrnn.kernels.common: the scalar activations the kernels inline, and the kernels'
+handling of subnormal numbers."""
 import numba
 import numpy as np
 import pytest
 from scipy.special import expit
 
+import numrnn as nr
 from numrnn.kernels.common import sigmoid, tanh
 
 
@@ -62,3 +64,33 @@ def test_float64_uses_libm(apply, exact):
     out = np.empty_like(x)
     apply(x, out)
     np.testing.assert_allclose(out, exact(x), rtol=2e-15, atol=1e-300)
+
+
+SUBNORMAL32 = np.float32(1e-39)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_flush_subnormals_and_restore_the_callers_mode(threads):
+    """An RNN that copies its state (U = I, relu, no input) gets a subnormal initial
+    state: the kernels flush it to 0 in every thread that runs them (both slabs of a
+    batch of 32 rows), and NumPy in the calling thread still computes with subnormals
+    afterwards."""
+    previous = nr.get_num_threads()
+    nr.set_num_threads(threads)
+    try:
+        model = nr.SequenceModel(1, [nr.RNN(4, activation="relu")], head=nr.heads.Tag(2), dtype=np.float32, seed=0)
+        params = dict(model.named_params())
+        params["layers.0.fw.W"][:] = 0.0
+        params["layers.0.fw.U"][:] = np.eye(4, dtype=np.float32)
+        params["layers.0.fw.b"][:] = 0.0
+        B = 32
+        h0 = np.full((B, 4), SUBNORMAL32, np.float32)
+        out, _ = model.forward(np.zeros((B, 3, 1), np.float32), initial_state={"layers.0.fw.h": h0})
+        assert np.all(out == 0.0)
+        # The same model with a normal state copies it, so the zeros above are the flush.
+        normal = np.full((B, 4), 1e-29, np.float32)
+        out, _ = model.forward(np.zeros((B, 3, 1), np.float32), initial_state={"layers.0.fw.h": normal})
+        assert np.all(out == normal[:, None, :])
+    finally:
+        nr.set_num_threads(previous)
+    assert np.float32(2.0) * SUBNORMAL32 == np.float32(2e-39) > 0.0

@@ -5,12 +5,15 @@ fastmath stays off: BPTT needs IEEE behaviour (see STYLE.md, point 7).
 """
 import inspect
 import math
+import platform
 import types as types_module
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from ..threads import pin_kernel_blas, slabs_for
 
@@ -73,6 +76,64 @@ def _sigmoid_typed(x):
         e = math.exp(x)
         return e / (1.0 + e)
     return sigmoid_libm
+
+
+# ----------------------------------------------------------------------------- subnormals
+
+# Bits of the SSE control register MXCSR: flush-to-zero (15) and denormals-are-zero (6).
+_FTZ_DAZ = 0x8040
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _mxcsr_call(builder, name, slot):
+    fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    builder.call(fn, [builder.bitcast(slot, ir.IntType(8).as_pointer())])
+
+
+@intrinsic
+def _read_fp_mode(typingctx):
+    """This thread's MXCSR (0 off x86)."""
+    def codegen(context, builder, sig, args):
+        if not _X86:
+            return ir.Constant(ir.IntType(64), 0)
+        slot = cgutils.alloca_once(builder, ir.IntType(32))
+        _mxcsr_call(builder, "llvm.x86.sse.stmxcsr", slot)
+        return builder.zext(builder.load(slot), ir.IntType(64))
+    return types.int64(), codegen
+
+
+@intrinsic
+def _write_fp_mode(typingctx, mode):
+    """Load mode into this thread's MXCSR (nothing off x86)."""
+    def codegen(context, builder, sig, args):
+        if _X86:
+            slot = cgutils.alloca_once(builder, ir.IntType(32))
+            builder.store(builder.trunc(args[0], ir.IntType(32)), slot)
+            _mxcsr_call(builder, "llvm.x86.sse.ldmxcsr", slot)
+        return context.get_dummy_value()
+    return types.none(types.int64), codegen
+
+
+@jit
+def flush_subnormals():
+    """Flush subnormal results and inputs to zero in this thread until restore_fp_mode;
+    returns the mode to restore.
+
+    In BPTT over long sequences states and gradients decay into the subnormal range,
+    where every operation, the GEMMs' included, costs about a hundred times more
+    (PERF_NOTES.md, trap 1). The mode is per thread, so each parallel loop body sets it
+    in the thread that runs it and puts the caller's mode back when done: code outside
+    the kernels keeps IEEE gradual underflow. Off x86 it does nothing.
+    """
+    mode = _read_fp_mode()
+    _write_fp_mode(mode | _FTZ_DAZ)
+    return mode
+
+
+@jit
+def restore_fp_mode(mode):
+    _write_fp_mode(mode)
 
 
 @jit
@@ -225,12 +286,14 @@ def input_projection(z, x, W, b, n_slabs):
     x2 = x.reshape((T * B, F))
     for s in prange(n_slabs):
         lo, hi = slab(s, n_slabs, T * B)
+        mode = flush_subnormals()
         if hi > lo:
             np.dot(x2[lo:hi], W, z2[lo:hi])
             if b.shape[0] > 0:
                 for row in range(lo, hi):
                     for k in range(G):
                         z2[row, k] += b[k]
+        restore_fp_mode(mode)
 
 
 @jit
@@ -248,8 +311,10 @@ def accumulate_weight_grads(dW, x, dz, n_slabs):
     partial = np.zeros((n_slabs, F, G), dW.dtype)
     for s in prange(n_slabs):
         lo, hi = slab(s, n_slabs, T * B)
+        mode = flush_subnormals()
         if hi > lo:
             np.dot(x2[lo:hi].T, dz2[lo:hi], partial[s])
+        restore_fp_mode(mode)
     for s in range(n_slabs):
         add_into(dW, partial[s])
 
@@ -265,9 +330,11 @@ def accumulate_bias_grads(db, dz, n_slabs):
     partial = np.zeros((n_slabs, G), dz.dtype)
     for s in prange(n_slabs):
         lo, hi = slab(s, n_slabs, T * B)
+        mode = flush_subnormals()
         for row in range(lo, hi):
             for k in range(G):
                 partial[s, k] += dz2[row, k]
+        restore_fp_mode(mode)
     for s in range(n_slabs):
         for k in range(G):
             db[k] += partial[s, k]
@@ -282,8 +349,10 @@ def accumulate_input_grads(dx, dz, W, n_slabs):
     dz2 = dz.reshape((T * B, G))
     for s in prange(n_slabs):
         lo, hi = slab(s, n_slabs, T * B)
+        mode = flush_subnormals()
         if hi > lo:
             dx2[lo:hi] += np.dot(dz2[lo:hi], W.T)
+        restore_fp_mode(mode)
 
 
 @jit

@@ -23,8 +23,8 @@ import numpy as np
 from numba import prange
 
 from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,
-                     input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row, sigmoid,
-                     slab, sum_rows_into, tanh)
+                     flush_subnormals, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward,
+                     mask_row, restore_fp_mode, sigmoid, slab, sum_rows_into, tanh)
 
 
 # ---------------------------------------------------------------- reset_after=False
@@ -103,6 +103,7 @@ def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
+            mode = flush_subnormals()
             np.dot(h[t, lo:hi], U_g, rec_g[lo:hi])
             for row in range(lo, hi):
                 _gru_gates_forward(gates[t, row], rh[t, row], ln_hat[t, row], ln_rstd[t, row], rec_g[row],
@@ -112,6 +113,7 @@ def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U
                 _gru_candidate_forward(y[t, row], h[t + 1, row], cand[t, row], ln_hat[t, row], ln_rstd[t, row],
                                        gates[t, row], rec_c[row], h[t, row], ln_gain, ln_shift,
                                        mask_row(state_mask, t, row), t < lengths[row])
+            restore_fp_mode(mode)
 
 
 @jit
@@ -181,6 +183,7 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
+            mode = flush_subnormals()
             for row in range(lo, hi):
                 _gru_candidate_backward(dz_c[t, row], dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row],
                                         dh_carry[row], dh_rec[row], dy[t, row], gates[t, row], cand[t, row],
@@ -192,6 +195,7 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
                                     d_rh[row], gates[t, row], ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
                                     t < lengths[row])
             np.dot(dz_g[t, lo:hi], U_g.T, dh_rec[lo:hi])
+            restore_fp_mode(mode)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
     G = dln_gain.shape[0] * dln_gain.shape[1]
@@ -252,10 +256,12 @@ def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
+            mode = flush_subnormals()
             np.dot(h[t, lo:hi], U, rec[lo:hi])
             for row in range(lo, hi):
                 _gru_ra_step_forward(y[t, row], h[t + 1, row], gates[t, row], q_c[t, row], rec[row], b_h,
                                      h[t, row], mask_row(state_mask, t, row), t < lengths[row])
+            restore_fp_mode(mode)
 
 
 @jit
@@ -301,11 +307,13 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
+            mode = flush_subnormals()
             for row in range(lo, hi):
                 _gru_ra_step_backward(da[t, row], dq[t, row], dh_carry[row], dh_rec[row], dy[t, row],
                                       gates[t, row], q_c[t, row], h[t, row], mask_row(state_mask, t, row),
                                       t < lengths[row])
             np.dot(dq[t, lo:hi], U.T, dh_rec[lo:hi])
+            restore_fp_mode(mode)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
     accumulate_weight_grads(dW, x, da, n_slabs)
@@ -345,6 +353,7 @@ def gru_infer(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
+            mode = flush_subnormals()
             np.dot(h[cur, lo:hi], U_g, rec_g[lo:hi])
             for row in range(lo, hi):
                 _gru_gates_forward(gates[t, row], rh[row], ln_hat[row], ln_rstd[row], rec_g[row], h[cur, row],
@@ -354,6 +363,7 @@ def gru_infer(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c
                 _gru_candidate_forward(y[t, row], h[nxt, row], cand[t, row], ln_hat[row], ln_rstd[row],
                                        gates[t, row], rec_c[row], h[cur, row], ln_gain, ln_shift, ones[0, row],
                                        t0 + t < lengths[row])
+            restore_fp_mode(mode)
     if T % 2 == 1:
         h[0] = h[1]
 
@@ -379,9 +389,11 @@ def gru_ra_infer(y, h, gates, q_c, x, W, U, b_x, b_h, ones, lengths, t0, rec, n_
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
+            mode = flush_subnormals()
             np.dot(h[cur, lo:hi], U, rec[lo:hi])
             for row in range(lo, hi):
                 _gru_ra_step_forward(y[t, row], h[nxt, row], gates[t, row], q_c[row], rec[row], b_h, h[cur, row],
                                      ones[0, row], t0 + t < lengths[row])
+            restore_fp_mode(mode)
     if T % 2 == 1:
         h[0] = h[1]

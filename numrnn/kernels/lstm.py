@@ -18,9 +18,9 @@ unchanged, so c[T], r[T] are each sequence's final state.
 import numpy as np
 from numba import prange
 
-from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,
-                     clip, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
-                     sigmoid, slab, sum_rows_into, tanh)
+from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into, clip,
+                     flush_subnormals, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward,
+                     mask_row, restore_fp_mode, sigmoid, slab, sum_rows_into, tanh)
 
 
 @jit
@@ -129,6 +129,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
+            mode = flush_subnormals()
             np.dot(r[t, lo:hi], U, rec[lo:hi])
             # Without projection m_t is r_t: the cell writes it straight into y.
             m_out = m[t] if proj else y[t]
@@ -141,6 +142,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             for row in range(lo, hi):
                 _lstm_output_forward(y[t, row], r[t + 1, row], r_pre[t, row], r[t, row],
                                      mask_row(state_mask, t, row), proj_clip, t < lengths[row])
+            restore_fp_mode(mode)
 
 
 @jit
@@ -241,6 +243,7 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
+            mode = flush_subnormals()
             # dL/dr_t lands in dr (then dm = dr P^T) with projection, else straight in dm.
             dr_out = dr[t] if proj else dm
             for row in range(lo, hi):
@@ -254,6 +257,7 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
                                     c_pre[t, row], ln_hat[t, row], ln_rstd[t, row], peep, ln_gain, cell_clip,
                                     t < lengths[row])
             np.dot(dz[t, lo:hi], U.T, dr_rec[lo:hi])
+            restore_fp_mode(mode)
     dr0[:] = dr_carry
     add_into(dr0, dr_rec)
     accumulate_weight_grads(dW, x, dz, n_slabs)
@@ -302,6 +306,7 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
+            mode = flush_subnormals()
             np.dot(r[cur, lo:hi], U, rec[lo:hi])
             m_out = m if proj else y[t]
             for row in range(lo, hi):
@@ -313,6 +318,7 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             for row in range(lo, hi):
                 _lstm_output_forward(y[t, row], r[nxt, row], r_pre[row], r[cur, row], ones[0, row], proj_clip,
                                      t0 + t < lengths[row])
+            restore_fp_mode(mode)
     if T % 2 == 1:
         r[0] = r[1]
         c[0] = c[1]

@@ -8,8 +8,8 @@ length is 0).
 import numpy as np
 from numba import prange
 
-from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads,
-                     add_into, input_projection, jit, kernel, mask_row, relu, slab, tanh)
+from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,
+                     flush_subnormals, input_projection, jit, kernel, mask_row, relu, restore_fp_mode, slab, tanh)
 
 
 @jit
@@ -50,11 +50,13 @@ def rnn_forward(y, h, x, W, U, b, state_mask, lengths, use_relu, z, rec, n_slabs
     for t in range(T):
         for s in prange(n_slabs):
             lo, hi = slab(s, n_slabs, B)
+            mode = flush_subnormals()
             if hi > lo:
                 np.dot(h[t, lo:hi], U, rec[lo:hi])
             for row in range(lo, hi):
                 _rnn_step_forward(y[t, row], h[t + 1, row], z[t, row], rec[row], h[t, row],
                                   mask_row(state_mask, t, row), t < lengths[row], use_relu)
+            restore_fp_mode(mode)
 
 
 @jit
@@ -97,11 +99,13 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
     for t in range(T - 1, -1, -1):
         for s in prange(n_slabs):
             lo, hi = slab(s, n_slabs, B)
+            mode = flush_subnormals()
             for row in range(lo, hi):
                 _rnn_step_backward(dz[t, row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
                                    mask_row(state_mask, t, row), t < lengths[row], use_relu)
             if hi > lo:
                 np.dot(dz[t, lo:hi], U.T, dh_rec[lo:hi])
+            restore_fp_mode(mode)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
     accumulate_weight_grads(dW, x, dz, n_slabs)
@@ -135,10 +139,12 @@ def rnn_infer(y, h, x, W, U, b, lengths, t0, use_relu, z, rec, ones, n_slabs):
         cur, nxt = t % 2, (t + 1) % 2
         for s in prange(n_slabs):
             lo, hi = slab(s, n_slabs, B)
+            mode = flush_subnormals()
             if hi > lo:
                 np.dot(h[cur, lo:hi], U, rec[lo:hi])
             for row in range(lo, hi):
                 _rnn_step_forward(y[t, row], h[nxt, row], z[t, row], rec[row], h[cur, row], ones[0, row],
                                   t0 + t < lengths[row], use_relu)
+            restore_fp_mode(mode)
     if T % 2 == 1:
         h[0] = h[1]

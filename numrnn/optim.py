@@ -134,7 +134,7 @@ def make_schedule(lr, schedule=None):
 
 
 def _norm_workspace(n):
-    return np.empty(max(1, -(-n // kernels.NORM_CHUNK)))  # (C,) float64
+    return np.empty(max(1, -(-n // kernels.CHUNK)))  # (C,) float64
 
 
 def global_norm(x):

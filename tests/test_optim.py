@@ -121,7 +121,7 @@ def test_clip_grad_norm_matches_torch():
 
 def test_global_norm_independent_of_threads(serial_kernels):
     # Several chunks, so that the parallel build splits the work.
-    x = np.random.default_rng(0).standard_normal(3 * optim.kernels.NORM_CHUNK + 7).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(3 * optim.kernels.CHUNK + 7).astype(np.float32)
     serial = optim.global_norm(x)
     ParallelKernel.serial = False
     assert optim.global_norm(x) == serial

@@ -2,8 +2,10 @@
 
 Parameters, gradients and the optimiser's moment buffers share one 1-D layout of
 N elements, so each update is one parallel loop over the flat index (llm.c's
-one-loop AdamW). Every element is independent, so threads own their memory and the
-result does not depend on the thread count.
+one-loop AdamW), in chunks of CHUNK elements, each flushing subnormals while it runs
+(common.flush_subnormals: Adam's second moments of small gradients fall below 1e-38).
+Every element is independent, so threads own their memory and the result does not
+depend on the thread count.
 
 Gradient clipping costs one extra pass: ``global_norm`` reads the gradients, and
 the update multiplies each gradient by ``grad_scale`` as it reads it, which gives
@@ -19,10 +21,11 @@ import math
 import numpy as np
 from numba import prange
 
-from .common import kernel
+from .common import flush_subnormals, kernel, restore_fp_mode
 
-# global_norm's fixed summation order: chunks of NORM_CHUNK elements, one partial sum each.
-NORM_CHUNK = 4096
+# Elements per chunk of the parallel loops; also global_norm's fixed summation order
+# (one partial sum per chunk).
+CHUNK = 4096
 
 
 @kernel
@@ -54,13 +57,19 @@ def adam_step(params, exp_avg, exp_avg_sq, grads, grad_scale, lr, beta1, beta2, 
     decay = t(1.0 - lr * weight_decay) if decoupled else t(1.0)
     l2 = t(0.0) if decoupled else t(weight_decay)
     b1, b2, c1, c2, e = t(beta1), t(beta2), t(1.0 - beta1), t(1.0 - beta2), t(eps)
-    for i in prange(params.shape[0]):
-        g = grads[i] * scale + l2 * params[i]
-        m = b1 * exp_avg[i] + c1 * g
-        v = b2 * exp_avg_sq[i] + c2 * (g * g)
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
-        params[i] = params[i] * decay - step_size * (m / (math.sqrt(v) / bc2_sqrt + e))
+    for c in prange(-(-params.shape[0] // CHUNK)):
+        mode = flush_subnormals()
+        # Views of the chunk, indexed from 0: LLVM then vectorises the loop.
+        chunk = slice(c * CHUNK, (c + 1) * CHUNK)
+        p, m_, v_, g_ = params[chunk], exp_avg[chunk], exp_avg_sq[chunk], grads[chunk]
+        for i in range(p.shape[0]):
+            g = g_[i] * scale + l2 * p[i]
+            m = b1 * m_[i] + c1 * g
+            v = b2 * v_[i] + c2 * (g * g)
+            m_[i] = m
+            v_[i] = v
+            p[i] = p[i] * decay - step_size * (m / (math.sqrt(v) / bc2_sqrt + e))
+        restore_fp_mode(mode)
 
 
 @kernel
@@ -81,13 +90,18 @@ def sgd_step(params, momentum_buffer, grads, grad_scale, lr, momentum, nesterov,
     """
     t = params.dtype.type
     scale, lr_, mu, wd = t(grad_scale), t(lr), t(momentum), t(weight_decay)
-    for i in prange(params.shape[0]):
-        g = grads[i] * scale + wd * params[i]
-        if momentum != 0.0:
-            b = mu * momentum_buffer[i] + g
-            momentum_buffer[i] = b
-            g = g + mu * b if nesterov else b
-        params[i] = params[i] - lr_ * g
+    for c in prange(-(-params.shape[0] // CHUNK)):
+        mode = flush_subnormals()
+        chunk = slice(c * CHUNK, (c + 1) * CHUNK)       # views indexed from 0, as in adam_step
+        p, g_, b_ = params[chunk], grads[chunk], momentum_buffer[chunk]     # b_ empty without momentum
+        for i in range(p.shape[0]):
+            g = g_[i] * scale + wd * p[i]
+            if momentum != 0.0:
+                b = mu * b_[i] + g
+                b_[i] = b
+                g = g + mu * b if nesterov else b
+            p[i] = p[i] - lr_ * g
+        restore_fp_mode(mode)
 
 
 @kernel
@@ -95,7 +109,7 @@ def global_norm(partial, x):
     """Euclidean norm of x, accumulated in float64, the same for any thread count.
 
     Args:
-        partial: (C,) float64 workspace, C = ceil(N / NORM_CHUNK): the sum of squares
+        partial: (C,) float64 workspace, C = ceil(N / CHUNK): the sum of squares
             of each chunk, filled in parallel and then added serially, so the order
             of additions is fixed.
         x: (N,) array.
@@ -106,7 +120,7 @@ def global_norm(partial, x):
     N, C = x.shape[0], partial.shape[0]
     for c in prange(C):
         total = 0.0
-        for i in range(c * NORM_CHUNK, min(N, (c + 1) * NORM_CHUNK)):
+        for i in range(c * CHUNK, min(N, (c + 1) * CHUNK)):
             a = np.float64(x[i])  # float() would keep float32 under Numba
             total += a * a
         partial[c] = total

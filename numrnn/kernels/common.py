@@ -273,6 +273,12 @@ def slab(s, n_slabs, n):
     return lo, min(n, lo + per)
 
 
+# The whole-sequence passes after the time loop are compiled once, on their own, and
+# called by every cell's kernels: inlined, each kernel would compile its own copy (and
+# cold compilation would take twice as long).
+shared = numba.njit(parallel=True, cache=True, error_model="numpy")
+
+
 @jit
 def input_projection(z, x, W, b, n_slabs):
     """z[t, b] = x[t, b] @ W + b for all steps at once: one GEMM (DESIGN.md §6.1),
@@ -296,7 +302,7 @@ def input_projection(z, x, W, b, n_slabs):
         restore_fp_mode(mode)
 
 
-@jit
+@shared
 def accumulate_weight_grads(dW, x, dz, n_slabs):
     """dW += x^T dz summed over all steps and rows: one GEMM after the time loop,
     as a sum of per-slab GEMMs (added in slab order, so the result is the same
@@ -319,7 +325,7 @@ def accumulate_weight_grads(dW, x, dz, n_slabs):
         add_into(dW, partial[s])
 
 
-@jit
+@shared
 def accumulate_bias_grads(db, dz, n_slabs):
     """db += sum of dz over all steps and rows: db (G,) or (0,) for no bias, dz (T, B, G).
     Per-slab sums added in slab order."""
@@ -340,7 +346,7 @@ def accumulate_bias_grads(db, dz, n_slabs):
             db[k] += partial[s, k]
 
 
-@jit
+@shared
 def accumulate_input_grads(dx, dz, W, n_slabs):
     """dx += dz @ W^T over all steps, in row slabs: dx (T, B, F), dz (T, B, G), W (F, G)."""
     T, B, F = dx.shape
@@ -351,11 +357,14 @@ def accumulate_input_grads(dx, dz, W, n_slabs):
         lo, hi = slab(s, n_slabs, T * B)
         mode = flush_subnormals()
         if hi > lo:
-            dx2[lo:hi] += np.dot(dz2[lo:hi], W.T)
+            part = np.dot(dz2[lo:hi], W.T)
+            for row in range(lo, hi):
+                for k in range(F):
+                    dx2[row, k] += part[row - lo, k]
         restore_fp_mode(mode)
 
 
-@jit
+@shared
 def sum_rows_into(out, rows):
     """out += rows summed over its first axis: out (G,), rows (B, G). For the
     per-row gradient accumulators of peepholes and layer-norm gains."""
@@ -366,7 +375,7 @@ def sum_rows_into(out, rows):
         out[k] += total
 
 
-@jit
+@shared
 def add_into(out, a):
     """out += a for 2-D arrays of one shape, rows in parallel."""
     for i in prange(out.shape[0]):

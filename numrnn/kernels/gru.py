@@ -267,23 +267,31 @@ def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec
 @jit
 def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, mask, valid):
     """One row of one step: from dL/dh_t to da = dL/da and dq = dL/dq;
-    dh_carry leaves holding the direct part u dL/dh_t of dL/dh_{t-1}."""
+    dh_carry leaves holding the direct part u dL/dh_t of dL/dh_{t-1}. One loop per
+    equation over contiguous gate blocks, so that each vectorises."""
     H = h_prev.shape[0]
+    g = dh_carry                    # becomes dL/dh_t in place
     for k in range(H):
-        g = dh_carry[k] + dh_rec[k]
-        if not valid:
-            da[k] = da[H + k] = da[2 * H + k] = 0.0
-            dq[k] = dq[H + k] = dq[2 * H + k] = 0.0
-            dh_carry[k] = g
-            continue
-        g = g * mask[k] + dy[k]
-        r, u, c = gates[k], gates[H + k], gates[2 * H + k]
-        dz_c = g * (1.0 - u) * (1.0 - c * c)
-        dz_r = dz_c * q_c[k] * r * (1.0 - r)
-        dz_u = g * (h_prev[k] - c) * u * (1.0 - u)
-        da[k], da[H + k], da[2 * H + k] = dz_r, dz_u, dz_c
-        dq[k], dq[H + k], dq[2 * H + k] = dz_r, dz_u, dz_c * r
-        dh_carry[k] = g * u
+        g[k] += dh_rec[k]
+    if not valid:                   # the state was copied: all of dL/dh_t goes on
+        da[:] = 0.0
+        dq[:] = 0.0
+        return
+    r, u, c = gates[:H], gates[H:2 * H], gates[2 * H:]
+    da_r, da_u, da_c = da[:H], da[H:2 * H], da[2 * H:]
+    for k in range(H):
+        g[k] = g[k] * mask[k] + dy[k]
+    for k in range(H):
+        da_c[k] = g[k] * (1.0 - u[k]) * (1.0 - c[k] * c[k])
+    for k in range(H):
+        da_r[k] = da_c[k] * q_c[k] * r[k] * (1.0 - r[k])
+    for k in range(H):
+        da_u[k] = g[k] * (h_prev[k] - c[k]) * u[k] * (1.0 - u[k])
+    dq[:2 * H] = da[:2 * H]
+    for k in range(H):
+        dq[2 * H + k] = da_c[k] * r[k]
+    for k in range(H):
+        g[k] *= u[k]
 
 
 @kernel

@@ -1,6 +1,8 @@
-"""Scalar pieces shared by the cell kernels, and the parallel/serial kernel wrapper.
+"""Pieces shared by the cell kernels, and the parallel/serial kernel wrapper.
 
-Every function here is Numba-jitted and inlined into the kernels that call it.
+The scalar and per-row functions (``@jit``) are inlined into the kernels that call
+them; the whole-sequence passes after the backward time loop (``@shared``) are
+compiled once and called. Subnormals are flushed inside the kernels (flush_subnormals).
 fastmath stays off: BPTT needs IEEE behaviour (see STYLE.md, point 7).
 """
 import inspect

@@ -277,7 +277,8 @@ def machine_info():
             "llvmlite": llvmlite.__version__, "scipy": scipy.__version__,
             "torch": torch.__version__ if torch is not None else None,
             "omp_wait_policy_user": USER_ENV.get("OMP_WAIT_POLICY"),
-            "omp_wait_policy_numrnn": os.environ.get("OMP_WAIT_POLICY")}
+            "omp_wait_policy_numrnn": os.environ.get("OMP_WAIT_POLICY"),
+            "gomp_spincount_numrnn": os.environ.get("GOMP_SPINCOUNT")}
     try:
         info["numba_threading_layer"] = numba.threading_layer()
     except ValueError:

@@ -266,9 +266,10 @@ def slab(s, n_slabs, n):
 
     Kernels run one slab per Numba thread (n_slabs is the thread count, passed in
     by the caller: a kernel that asks Numba for it cannot be cached): each thread
-    does the GEMMs and the gate math of its own rows with single-threaded BLAS, so
-    one thread pool does all the work (PERF_NOTES.md, trap 2) and each step is a
-    single parallel region. Results depend on n_slabs only through GEMM rounding.
+    does the products (gemm.matmul, or single-threaded BLAS) and the gate math of its
+    own rows, so one thread pool does all the work (PERF_NOTES.md, trap 2) and each
+    step is a single parallel region. Results depend on n_slabs only through the
+    rounding of the whole-sequence products.
     """
     per = (n + n_slabs - 1) // n_slabs
     lo = min(n, s * per)

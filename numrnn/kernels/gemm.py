@@ -1,0 +1,169 @@
+"""Matrix products for the kernels, without a BLAS call.
+
+A recurrent step multiplies a slab of 32-64 state rows by U (R x 4H). Through
+Numba's np.dot each such call goes to OpenBLAS, which packs U again every time and
+reaches 80-110 GFLOP/s on one core at these shapes. Here b is packed once, into
+panels of two vector widths of columns stored k by k (pack), and a tile of
+TILE_ROWS rows by one panel is kept in registers over the whole inner dimension:
+each step of k loads two vectors of the panel, broadcasts TILE_ROWS values of a and
+issues 2 TILE_ROWS fused multiply-adds. 130-150 GFLOP/s on one core at the same
+shapes (AVX-512). The panel is read sequentially and stays in L1 while the row tiles
+pass over it; read straight from U's rows, 2 KiB apart, it does not (its rows fall
+into a few cache sets).
+
+The recurrent kernels pack U (or U^T) once per sequence and call matmul at every
+step. The whole-sequence products (input projection, weight and input gradients),
+with their long inner dimension, stay with np.dot: OpenBLAS blocks them well.
+
+a may have any strides; out needs unit stride along its rows. Each output element
+sums its products in order of k, so a row's result does not depend on how the rows
+are cut into slabs.
+"""
+import numba
+import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# Vector registers: 32 of 512 bits with AVX-512 (a tile of 8 rows x 2 vectors takes
+# 16 of them), else 16 of 256 bits (4 x 2 leaves room for b and the broadcasts).
+_AVX512 = llvm.get_host_cpu_features().get("avx512f", False)
+VECTOR_BYTES = 64 if _AVX512 else 32
+TILE_ROWS = 8 if _AVX512 else 4
+
+
+def _tile_intrinsic(rows):
+    """An intrinsic tile(out, a, panel, row, col, cols):
+    out[row:row+rows, col:col+cols] = a[row:row+rows] @ panel[:, :cols], panel
+    (K, 2 vector widths) C-contiguous. Columns past cols are not written (masked)."""
+
+    @intrinsic
+    def tile(typingctx, out, a, panel, row, col, cols):
+        dtype = a.dtype
+
+        def codegen(context, builder, sig, args):
+            out_arg, a_arg, panel_arg, row0, col0, n_cols = args
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            itemsize = dtype.bitwidth // 8
+            width = VECTOR_BYTES // itemsize
+            vector_type = ir.VectorType(context.get_value_type(dtype), width)
+            mask_type = ir.VectorType(ir.IntType(1), width)
+            suffix = f"v{width}f{dtype.bitwidth}"
+
+            def intrinsic_fn(name, ret, params):
+                return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, params), name)
+
+            fma = intrinsic_fn(f"llvm.fma.{suffix}", vector_type, [vector_type] * 3)
+            vector_ptr = vector_type.as_pointer()
+            masked_store = intrinsic_fn(f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
+                                        [vector_type, vector_ptr, i32, mask_type])
+
+            def const(n):
+                return ir.Constant(i64, n)
+
+            def data_shape_strides(ty, value):
+                array = context.make_array(ty)(context, builder, value)
+                strides = [builder.sdiv(s, const(itemsize)) for s in cgutils.unpack_tuple(builder, array.strides)]
+                return array.data, cgutils.unpack_tuple(builder, array.shape), strides
+
+            out_data, _, out_strides = data_shape_strides(sig.args[0], out_arg)
+            a_data, (_, inner), a_strides = data_shape_strides(sig.args[1], a_arg)
+            panel_data, _, panel_strides = data_shape_strides(sig.args[2], panel_arg)
+            a_rows = [builder.gep(a_data, [builder.mul(builder.add(row0, const(m)), a_strides[0])])
+                      for m in range(rows)]
+            out_ptrs = [[builder.bitcast(builder.gep(out_data, [builder.add(
+                builder.mul(builder.add(row0, const(m)), out_strides[0]), builder.add(col0, const(v * width)))]),
+                vector_ptr) for v in range(2)] for m in range(rows)]
+            lanes = ir.Constant(ir.VectorType(i32, width), list(range(width)))
+
+            def splat(value):
+                vector = ir.VectorType(value.type, width)
+                single = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(i32, 0))
+                return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
+                                              ir.Constant(ir.VectorType(i32, width), [0] * width))
+
+            masks = [builder.icmp_signed("<", lanes, splat(builder.trunc(builder.sub(n_cols, const(v * width)), i32)))
+                     for v in range(2)]
+            align = ir.Constant(i32, itemsize)
+            zero = ir.Constant(vector_type, None)
+
+            entry = builder.block
+            loop = builder.append_basic_block("tile.k")
+            done = builder.append_basic_block("tile.done")
+            builder.cbranch(builder.icmp_signed(">", inner, const(0)), loop, done)
+
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            acc = [[builder.phi(vector_type) for _ in range(2)] for _ in range(rows)]
+            panel_row = builder.gep(panel_data, [builder.mul(k, panel_strides[0])])
+            b_vectors = [builder.load(builder.bitcast(builder.gep(panel_row, [const(v * width)]), vector_ptr),
+                                      align=itemsize) for v in range(2)]
+            summed = []
+            for m in range(rows):
+                a_mk = splat(builder.load(builder.gep(a_rows[m], [builder.mul(k, a_strides[1])])))
+                summed.append([builder.call(fma, [a_mk, b_vectors[v], acc[m][v]]) for v in range(2)])
+            k_next = builder.add(k, const(1))
+            k.add_incoming(const(0), entry)
+            k.add_incoming(k_next, loop)
+            for m in range(rows):
+                for v in range(2):
+                    acc[m][v].add_incoming(zero, entry)
+                    acc[m][v].add_incoming(summed[m][v], loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, inner), loop, done)
+
+            builder.position_at_end(done)
+            results = [[builder.phi(vector_type) for _ in range(2)] for _ in range(rows)]
+            for m in range(rows):
+                for v in range(2):
+                    results[m][v].add_incoming(zero, entry)
+                    results[m][v].add_incoming(summed[m][v], loop)
+            for m in range(rows):
+                for v in range(2):
+                    builder.call(masked_store, [results[m][v], out_ptrs[m][v], align, masks[v]])
+            return context.get_dummy_value()
+
+        return types.none(out, a, panel, types.intp, types.intp, types.intp), codegen
+
+    return tile
+
+
+_tile = _tile_intrinsic(TILE_ROWS)
+_tile_row = _tile_intrinsic(1)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def pack(b):
+    """b (K, N) in panels of two vector widths w of columns, for matmul:
+    panels[p, k] = b[k, p w:(p+1) w], zero-padded past column N."""
+    K, N = b.shape
+    w = 2 * VECTOR_BYTES // b.itemsize
+    panels = np.zeros(((N + w - 1) // w, K, w), b.dtype)
+    for p in range(panels.shape[0]):
+        for k in range(K):
+            for j in range(min(w, N - p * w)):
+                panels[p, k, j] = b[k, p * w + j]
+    return panels
+
+
+@numba.njit(cache=True, error_model="numpy")
+def matmul(a, panels, out):
+    """out = a @ b, b given as pack(b): a (M, K), out (M, N), one dtype, out not
+    overlapping a."""
+    M, K = a.shape
+    N = out.shape[1]
+    w = panels.shape[2]
+    if panels.shape[1] != K or out.shape[0] != M or N > panels.shape[0] * w:
+        raise ValueError("matmul: shapes do not match")
+    if out.strides[1] != out.itemsize:
+        raise ValueError("matmul: out needs unit stride along its rows")
+    for p in range(panels.shape[0]):
+        col = p * w
+        cols = min(w, N - col)
+        row = 0
+        while row + TILE_ROWS <= M:
+            _tile(out, a, panels[p], row, col, cols)
+            row += TILE_ROWS
+        for last in range(row, M):
+            _tile_row(out, a, panels[p], last, col, cols)

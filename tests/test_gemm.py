@@ -1,0 +1,61 @@
+"""kernels.gemm: the packed register-tile product against NumPy."""
+import numpy as np
+import pytest
+
+from numrnn.kernels.gemm import TILE_ROWS, matmul, pack
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M", [1, TILE_ROWS - 1, TILE_ROWS, 2 * TILE_ROWS + 3, 64])
+@pytest.mark.parametrize("K", [0, 1, 7, 128])
+@pytest.mark.parametrize("N", [0, 1, 15, 16, 33, 80, 512])
+def test_matches_numpy(dtype, M, K, N):
+    rng = np.random.default_rng(M * 10007 + K * 101 + N)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    bound = 4 * max(K, 1) * np.finfo(dtype).eps * (np.abs(a) @ np.abs(b) + 1e-30)
+    for a_layout in (a, np.asfortranarray(a)):
+        for b_layout in (b, np.asfortranarray(b)):
+            # out: a window of a wider array, whose other columns must stay untouched.
+            wide = np.full((M, N + 40), np.nan, dtype)
+            out = wide[:, 20:20 + N]
+            matmul(a_layout, pack(b_layout), out)
+            assert np.isnan(wide[:, :20]).all() and np.isnan(wide[:, 20 + N:]).all()
+            assert np.all(np.abs(out - expected) <= bound)
+
+
+def test_rows_do_not_depend_on_the_slab():
+    """A row's result is the same whichever slab of rows it is computed in (the serial
+    and parallel kernels then agree exactly)."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((37, 128)).astype(np.float32)
+    packed = pack(rng.standard_normal((128, 200)).astype(np.float32))
+    whole = np.empty((37, 200), np.float32)
+    matmul(a, packed, whole)
+    for lo, hi in [(0, 5), (5, 21), (21, 37)]:
+        part = np.empty((hi - lo, 200), np.float32)
+        matmul(a[lo:hi], packed, part)
+        np.testing.assert_array_equal(part, whole[lo:hi])
+
+
+def test_pack_layout():
+    b = np.arange(3 * 40, dtype=np.float32).reshape(3, 40)
+    panels = pack(b)
+    w = panels.shape[2]
+    assert panels.shape == (-(-40 // w), 3, w)
+    for p in range(panels.shape[0]):
+        cols = min(w, 40 - p * w)
+        np.testing.assert_array_equal(panels[p, :, :cols], b[:, p * w:p * w + cols])
+        assert not panels[p, :, cols:].any()
+
+
+def test_bad_shapes_are_refused():
+    a = np.ones((4, 5), np.float32)
+    packed = pack(np.ones((5, 6), np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        matmul(np.ones((4, 6), np.float32), packed, np.empty((4, 6), np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        matmul(a, packed, np.empty((3, 6), np.float32))
+    with pytest.raises(ValueError, match="unit stride"):
+        matmul(a, packed, np.empty((4, 12), np.float32)[:, ::2])

@@ -14,7 +14,11 @@ How a case is measured
    ``MIN_SAMPLE_S``.
 4. Rounds: every round takes one sample of numrnn, of PyTorch default and of
    PyTorch best, in an order that rotates from round to round, so that a busy
-   spell of the shared machine falls on all three alike. The number of rounds is
+   spell of the shared machine falls on all three alike. Each sample starts
+   ``SETTLE_S`` after the previous one ends: PyTorch's OpenMP workers keep
+   spinning after a call returns and, on a 2-core machine, slow whatever runs
+   next (a numrnn GRU step right after three torch steps in the worker process:
+   24.9 ms; 10 ms later: 17.7 ms; 100 ms later: 16.6 ms). The number of rounds is
    the time budget of the case divided by the time of one round, within
    [min, max] (see ``Settings``); a case whose rounds would exceed ``max_case_s``
    (a machine so oversubscribed that a step takes seconds) gets fewer rounds, at
@@ -69,6 +73,7 @@ if torch is not None:
     from . import torch_side
 
 MIN_SAMPLE_S = 0.005
+SETTLE_S = 0.05          # quiet gap before each sample (point 4 above)
 
 
 @dataclass
@@ -194,6 +199,7 @@ def run_case(spec, threads, settings, worker, log):
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for side in order:
+            time.sleep(SETTLE_S)
             samples[side].append(sides[side](calls[side]))
     for side in names:
         record[side] = summary(samples[side])

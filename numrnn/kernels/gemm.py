@@ -15,7 +15,7 @@ The recurrent kernels pack U (or U^T) once per sequence and call matmul at every
 step. The whole-sequence products (input projection, weight and input gradients),
 with their long inner dimension, stay with np.dot: OpenBLAS blocks them well.
 
-a may have any strides; out needs unit stride along its rows. Each output element
+a and b may have any strides; out is C-contiguous. Each output element
 sums its products in order of k, so a row's result does not depend on how the rows
 are cut into slabs.
 """
@@ -129,41 +129,62 @@ def _tile_intrinsic(rows):
     return tile
 
 
+# Row tiles of TILE_ROWS, then 4, 2 and 1 rows for the rest of a slab.
 _tile = _tile_intrinsic(TILE_ROWS)
-_tile_row = _tile_intrinsic(1)
+_tile_4 = _tile_intrinsic(4)
+_tile_2 = _tile_intrinsic(2)
+_tile_1 = _tile_intrinsic(1)
+
+# Packing a 128 x 512 b takes about 30 us: it pays once a few hundred rows in all are
+# multiplied by it. Below that (batch-1 inference, a streaming step) matmul calls np.dot.
+PACK_MIN_ROWS = 256
 
 
 @numba.njit(cache=True, error_model="numpy")
-def pack(b):
+def pack(b, rows):
     """b (K, N) in panels of two vector widths w of columns, for matmul:
-    panels[p, k] = b[k, p w:(p+1) w], zero-padded past column N."""
+    panels[p, k] = b[k, p w:(p+1) w], zero-padded past column N. rows: how many rows
+    in all will be multiplied by b; under PACK_MIN_ROWS the panels are empty."""
     K, N = b.shape
     w = 2 * VECTOR_BYTES // b.itemsize
-    panels = np.zeros(((N + w - 1) // w, K, w), b.dtype)
+    if rows < PACK_MIN_ROWS:
+        return np.zeros((0, K, w), b.dtype)
+    panels = np.empty(((N + w - 1) // w, K, w), b.dtype)
     for p in range(panels.shape[0]):
+        cols = min(w, N - p * w)
         for k in range(K):
-            for j in range(min(w, N - p * w)):
+            for j in range(cols):
                 panels[p, k, j] = b[k, p * w + j]
+            for j in range(cols, w):
+                panels[p, k, j] = 0.0
     return panels
 
 
 @numba.njit(cache=True, error_model="numpy")
-def matmul(a, panels, out):
-    """out = a @ b, b given as pack(b): a (M, K), out (M, N), one dtype, out not
-    overlapping a."""
+def matmul(a, b, panels, out):
+    """out = a @ b, with panels = pack(b, rows): a (M, K), b (K, N), out (M, N)
+    C-contiguous, one dtype, out not overlapping a."""
     M, K = a.shape
     N = out.shape[1]
-    w = panels.shape[2]
-    if panels.shape[1] != K or out.shape[0] != M or N > panels.shape[0] * w:
+    if b.shape[0] != K or b.shape[1] != N or out.shape[0] != M:
         raise ValueError("matmul: shapes do not match")
-    if out.strides[1] != out.itemsize:
-        raise ValueError("matmul: out needs unit stride along its rows")
+    if panels.shape[0] == 0:
+        np.dot(a, b, out)
+        return
+    w = panels.shape[2]
     for p in range(panels.shape[0]):
         col = p * w
         cols = min(w, N - col)
+        panel = panels[p]
         row = 0
         while row + TILE_ROWS <= M:
-            _tile(out, a, panels[p], row, col, cols)
+            _tile(out, a, panel, row, col, cols)
             row += TILE_ROWS
-        for last in range(row, M):
-            _tile_row(out, a, panels[p], last, col, cols)
+        if row + 4 <= M:
+            _tile_4(out, a, panel, row, col, cols)
+            row += 4
+        if row + 2 <= M:
+            _tile_2(out, a, panel, row, col, cols)
+            row += 2
+        if row < M:
+            _tile_1(out, a, panel, row, col, cols)

@@ -97,7 +97,7 @@ def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U
         tf.compat.v1.nn.rnn_cell.GRUCell (Cho et al. 2014); layer norm as Ba et al. 2016.
     """
     T, B, _ = x.shape
-    packed_U_g, packed_U_c = pack(U_g), pack(U_c)    # for matmul, once per sequence
+    packed_U_g, packed_U_c = pack(U_g, T * B), pack(U_c, T * B)    # for matmul, once per sequence
     input_projection(gates, x, W_g, b_g, n_slabs)
     input_projection(cand, x, W_c, b_c, n_slabs)
     for t in range(T):
@@ -106,11 +106,11 @@ def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U
             if hi == lo:
                 continue
             mode = flush_subnormals()
-            matmul(h[t, lo:hi], packed_U_g, rec_g[lo:hi])
+            matmul(h[t, lo:hi], U_g, packed_U_g, rec_g[lo:hi])
             for row in range(lo, hi):
                 _gru_gates_forward(gates[t, row], rh[t, row], ln_hat[t, row], ln_rstd[t, row], rec_g[row],
                                    h[t, row], ln_gain, ln_shift, t < lengths[row])
-            matmul(rh[t, lo:hi], packed_U_c, rec_c[lo:hi])
+            matmul(rh[t, lo:hi], U_c, packed_U_c, rec_c[lo:hi])
             for row in range(lo, hi):
                 _gru_candidate_forward(y[t, row], h[t + 1, row], cand[t, row], ln_hat[t, row], ln_rstd[t, row],
                                        gates[t, row], rec_c[row], h[t, row], ln_gain, ln_shift,
@@ -176,7 +176,7 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U_c_T, packed_U_g_T = pack(U_c.T), pack(U_g.T)    # for matmul, once per sequence
+    packed_U_c_T, packed_U_g_T = pack(U_c.T, T * B), pack(U_g.T, T * B)    # for matmul, once per sequence
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
     dln_gain_rows[:] = 0.0
@@ -192,12 +192,12 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
                                         dh_carry[row], dh_rec[row], dy[t, row], gates[t, row], cand[t, row],
                                         ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
                                         mask_row(state_mask, t, row), t < lengths[row])
-            matmul(dz_c[t, lo:hi], packed_U_c_T, d_rh[lo:hi])
+            matmul(dz_c[t, lo:hi], U_c.T, packed_U_c_T, d_rh[lo:hi])
             for row in range(lo, hi):
                 _gru_gates_backward(dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row], dh_carry[row],
                                     d_rh[row], gates[t, row], ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
                                     t < lengths[row])
-            matmul(dz_g[t, lo:hi], packed_U_g_T, dh_rec[lo:hi])
+            matmul(dz_g[t, lo:hi], U_g.T, packed_U_g_T, dh_rec[lo:hi])
             restore_fp_mode(mode)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
@@ -253,7 +253,7 @@ def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec
         torch.nn.GRU (gates r, z, n = our r, u, c), cuDNN, Keras GRU(reset_after=True).
     """
     T, B, _ = x.shape
-    packed_U = pack(U)    # for matmul, once per sequence
+    packed_U = pack(U, T * B)    # for matmul, once per sequence
     input_projection(gates, x, W, b_x, n_slabs)
     for t in range(T):
         for s in prange(n_slabs):
@@ -261,7 +261,7 @@ def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec
             if hi == lo:
                 continue
             mode = flush_subnormals()
-            matmul(h[t, lo:hi], packed_U, rec[lo:hi])
+            matmul(h[t, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _gru_ra_step_forward(y[t, row], h[t + 1, row], gates[t, row], q_c[t, row], rec[row], b_h,
                                      h[t, row], mask_row(state_mask, t, row), t < lengths[row])
@@ -312,7 +312,7 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U_T = pack(U.T)    # for matmul, once per sequence
+    packed_U_T = pack(U.T, T * B)    # for matmul, once per sequence
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
     for t in range(T - 1, -1, -1):
@@ -325,7 +325,7 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
                 _gru_ra_step_backward(da[t, row], dq[t, row], dh_carry[row], dh_rec[row], dy[t, row],
                                       gates[t, row], q_c[t, row], h[t, row], mask_row(state_mask, t, row),
                                       t < lengths[row])
-            matmul(dq[t, lo:hi], packed_U_T, dh_rec[lo:hi])
+            matmul(dq[t, lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
             restore_fp_mode(mode)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
@@ -358,7 +358,7 @@ def gru_infer(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c
         rec_g: (B, 2H), rec_c: (B, H) workspaces.  n_slabs: as gru_forward.
     """
     T, B, _ = x.shape
-    packed_U_g, packed_U_c = pack(U_g), pack(U_c)    # for matmul, once per sequence
+    packed_U_g, packed_U_c = pack(U_g, T * B), pack(U_c, T * B)    # for matmul, once per sequence
     input_projection(gates, x, W_g, b_g, n_slabs)
     input_projection(cand, x, W_c, b_c, n_slabs)
     for t in range(T):
@@ -368,11 +368,11 @@ def gru_infer(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c
             if hi == lo:
                 continue
             mode = flush_subnormals()
-            matmul(h[cur, lo:hi], packed_U_g, rec_g[lo:hi])
+            matmul(h[cur, lo:hi], U_g, packed_U_g, rec_g[lo:hi])
             for row in range(lo, hi):
                 _gru_gates_forward(gates[t, row], rh[row], ln_hat[row], ln_rstd[row], rec_g[row], h[cur, row],
                                    ln_gain, ln_shift, t0 + t < lengths[row])
-            matmul(rh[lo:hi], packed_U_c, rec_c[lo:hi])
+            matmul(rh[lo:hi], U_c, packed_U_c, rec_c[lo:hi])
             for row in range(lo, hi):
                 _gru_candidate_forward(y[t, row], h[nxt, row], cand[t, row], ln_hat[row], ln_rstd[row],
                                        gates[t, row], rec_c[row], h[cur, row], ln_gain, ln_shift, ones[0, row],
@@ -396,7 +396,7 @@ def gru_ra_infer(y, h, gates, q_c, x, W, U, b_x, b_h, ones, lengths, t0, rec, n_
         rec: (B, 3H) workspace.  n_slabs: as gru_ra_forward.
     """
     T, B, _ = x.shape
-    packed_U = pack(U)    # for matmul, once per sequence
+    packed_U = pack(U, T * B)    # for matmul, once per sequence
     input_projection(gates, x, W, b_x, n_slabs)
     for t in range(T):
         cur, nxt = t % 2, (t + 1) % 2
@@ -405,7 +405,7 @@ def gru_ra_infer(y, h, gates, q_c, x, W, U, b_x, b_h, ones, lengths, t0, rec, n_
             if hi == lo:
                 continue
             mode = flush_subnormals()
-            matmul(h[cur, lo:hi], packed_U, rec[lo:hi])
+            matmul(h[cur, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _gru_ra_step_forward(y[t, row], h[nxt, row], gates[t, row], q_c[row], rec[row], b_h, h[cur, row],
                                      ones[0, row], t0 + t < lengths[row])

@@ -123,7 +123,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
         reordered (PyTorch: i, f, g, o).
     """
     T, B, _ = x.shape
-    packed_U, packed_P = pack(U), pack(P)    # for matmul, once per sequence
+    packed_U, packed_P = pack(U, T * B), pack(P, T * B)    # for matmul, once per sequence
     proj = P.shape[0] > 0
     input_projection(gates, x, W, b, n_slabs)
     for t in range(T):
@@ -132,7 +132,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             if hi == lo:
                 continue
             mode = flush_subnormals()
-            matmul(r[t, lo:hi], packed_U, rec[lo:hi])
+            matmul(r[t, lo:hi], U, packed_U, rec[lo:hi])
             # Without projection m_t is r_t: the cell writes it straight into y.
             m_out = m[t] if proj else y[t]
             for row in range(lo, hi):
@@ -140,7 +140,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
                                    ln_hat[t, row], ln_rstd[t, row], rec[row], c[t, row], peep, ln_gain,
                                    ln_shift, forget_bias, cell_clip, t < lengths[row])
             if proj:
-                matmul(m[t, lo:hi], packed_P, y[t, lo:hi])
+                matmul(m[t, lo:hi], P, packed_P, y[t, lo:hi])
             for row in range(lo, hi):
                 _lstm_output_forward(y[t, row], r[t + 1, row], r_pre[t, row], r[t, row],
                                      mask_row(state_mask, t, row), proj_clip, t < lengths[row])
@@ -233,7 +233,7 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U_T, packed_P_T = pack(U.T), pack(P.T)    # for matmul, once per sequence
+    packed_U_T, packed_P_T = pack(U.T, T * B), pack(P.T, T * B)    # for matmul, once per sequence
     proj = P.shape[0] > 0
     dr_carry[:] = drT
     dc0[:] = dcT                       # running dL/dc, ends as dL/dc[0]
@@ -253,13 +253,13 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
                 _lstm_output_backward(dr_out[row], dr_carry[row], dr_rec[row], dy[t, row], r_pre[t, row],
                                       mask_row(state_mask, t, row), proj_clip, t < lengths[row])
             if proj:
-                matmul(dr[t, lo:hi], packed_P_T, dm[lo:hi])
+                matmul(dr[t, lo:hi], P.T, packed_P_T, dm[lo:hi])
             for row in range(lo, hi):
                 _lstm_cell_backward(dz[t, row], dc0[row], dpeep_rows[row], dln_gain_rows[row], dln_shift_rows[row],
                                     dm[row], gates[t, row], tanh_c[t, row], c[t, row], c[t + 1, row],
                                     c_pre[t, row], ln_hat[t, row], ln_rstd[t, row], peep, ln_gain, cell_clip,
                                     t < lengths[row])
-            matmul(dz[t, lo:hi], packed_U_T, dr_rec[lo:hi])
+            matmul(dz[t, lo:hi], U.T, packed_U_T, dr_rec[lo:hi])
             restore_fp_mode(mode)
     dr0[:] = dr_carry
     add_into(dr0, dr_rec)
@@ -301,7 +301,7 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
         rec: (B, 4H) workspace.  n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U, packed_P = pack(U), pack(P)    # for matmul, once per sequence
+    packed_U, packed_P = pack(U, T * B), pack(P, T * B)    # for matmul, once per sequence
     proj = P.shape[0] > 0
     input_projection(gates, x, W, b, n_slabs)
     for t in range(T):
@@ -311,14 +311,14 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             if hi == lo:
                 continue
             mode = flush_subnormals()
-            matmul(r[cur, lo:hi], packed_U, rec[lo:hi])
+            matmul(r[cur, lo:hi], U, packed_U, rec[lo:hi])
             m_out = m if proj else y[t]
             for row in range(lo, hi):
                 _lstm_cell_forward(m_out[row], gates[t, row], tanh_c[row], c[nxt, row], c_pre[row],
                                    ln_hat[row], ln_rstd[row], rec[row], c[cur, row], peep, ln_gain,
                                    ln_shift, forget_bias, cell_clip, t0 + t < lengths[row])
             if proj:
-                matmul(m[lo:hi], packed_P, y[t, lo:hi])
+                matmul(m[lo:hi], P, packed_P, y[t, lo:hi])
             for row in range(lo, hi):
                 _lstm_output_forward(y[t, row], r[nxt, row], r_pre[row], r[cur, row], ones[0, row], proj_clip,
                                      t0 + t < lengths[row])

@@ -47,14 +47,14 @@ def rnn_forward(y, h, x, W, U, b, state_mask, lengths, use_relu, z, rec, n_slabs
         Elman network; PyTorch ``nn.RNN(nonlinearity='tanh'|'relu')``.
     """
     T, B, _ = x.shape
-    packed_U = pack(U)    # for matmul, once per sequence
+    packed_U = pack(U, T * B)    # for matmul, once per sequence
     input_projection(z, x, W, b, n_slabs)
     for t in range(T):
         for s in prange(n_slabs):
             lo, hi = slab(s, n_slabs, B)
             mode = flush_subnormals()
             if hi > lo:
-                matmul(h[t, lo:hi], packed_U, rec[lo:hi])
+                matmul(h[t, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _rnn_step_forward(y[t, row], h[t + 1, row], z[t, row], rec[row], h[t, row],
                                   mask_row(state_mask, t, row), t < lengths[row], use_relu)
@@ -96,7 +96,7 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U_T = pack(U.T)    # for matmul, once per sequence
+    packed_U_T = pack(U.T, T * B)    # for matmul, once per sequence
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
     for t in range(T - 1, -1, -1):
@@ -107,7 +107,7 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
                 _rnn_step_backward(dz[t, row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
                                    mask_row(state_mask, t, row), t < lengths[row], use_relu)
             if hi > lo:
-                matmul(dz[t, lo:hi], packed_U_T, dh_rec[lo:hi])
+                matmul(dz[t, lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
             restore_fp_mode(mode)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
@@ -137,7 +137,7 @@ def rnn_infer(y, h, x, W, U, b, lengths, t0, use_relu, z, rec, ones, n_slabs):
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U = pack(U)    # for matmul, once per sequence
+    packed_U = pack(U, T * B)    # for matmul, once per sequence
     input_projection(z, x, W, b, n_slabs)
     for t in range(T):
         cur, nxt = t % 2, (t + 1) % 2
@@ -145,7 +145,7 @@ def rnn_infer(y, h, x, W, U, b, lengths, t0, use_relu, z, rec, ones, n_slabs):
             lo, hi = slab(s, n_slabs, B)
             mode = flush_subnormals()
             if hi > lo:
-                matmul(h[cur, lo:hi], packed_U, rec[lo:hi])
+                matmul(h[cur, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _rnn_step_forward(y[t, row], h[nxt, row], z[t, row], rec[row], h[cur, row], ones[0, row],
                                   t0 + t < lengths[row], use_relu)

@@ -1,4 +1,4 @@
-"""Matrix products for the kernels, without a BLAS call.
+"""The recurrent products of each step: a packed register-tile GEMM.
 
 A recurrent step multiplies a slab of 32-64 state rows by U (R x 4H). Through
 Numba's np.dot each such call goes to OpenBLAS, which packs U again every time and
@@ -15,9 +15,9 @@ The recurrent kernels pack U (or U^T) once per sequence and call matmul at every
 step. The whole-sequence products (input projection, weight and input gradients),
 with their long inner dimension, stay with np.dot: OpenBLAS blocks them well.
 
-a and b may have any strides; out is C-contiguous. Each output element
+a and b may have any strides; out is C-contiguous. With panels, each output element
 sums its products in order of k, so a row's result does not depend on how the rows
-are cut into slabs.
+are cut into slabs. Too few rows to pay for packing go to np.dot (PACK_MIN_ROWS).
 """
 import numba
 import numpy as np

@@ -19,7 +19,6 @@ the output is h_t itself.
 
 Time-major throughout. Steps at t >= lengths[b] output 0 and carry h unchanged.
 """
-import numpy as np
 from numba import prange
 
 from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,

@@ -15,7 +15,6 @@ workspaces it would need then have an empty last axis.
 Time-major throughout. Steps at t >= lengths[b] output 0 and carry (c, r)
 unchanged, so c[T], r[T] are each sequence's final state.
 """
-import numpy as np
 from numba import prange
 
 from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into, clip,

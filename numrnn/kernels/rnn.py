@@ -5,7 +5,6 @@ the output is h_t itself. Time-major throughout. Steps at t >= lengths[b] output
 unchanged, so h[T] is each sequence's final state (the initial state when its
 length is 0).
 """
-import numpy as np
 from numba import prange
 
 from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from numrnn.kernels.gemm import PACK_MIN_ROWS, TILE_ROWS, matmul, pack
+from numrnn.kernels.gemm import PACK_MIN_ROWS, TILE_ROWS, matmul, matmul_add, pack
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -24,6 +24,40 @@ def test_matches_numpy(dtype, M, K, N):
         matmul(a_layout, b, pack(b_layout, PACK_MIN_ROWS), out)
         assert np.isnan(buffer[M * N:]).all()
         assert np.all(np.abs(out - expected) <= bound)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M", [1, 3, TILE_ROWS + 5, 64])
+@pytest.mark.parametrize("K", [0, 1, 64])
+@pytest.mark.parametrize("N", [1, 15, 16, 33, 128, 200])
+def test_matmul_add_accumulates(dtype, M, K, N):
+    """out += a @ b, reading b itself or its panels, a transposed (as the weight
+    gradients pass it) or not, b with a row stride longer than its width."""
+    rng = np.random.default_rng(M * 10007 + K * 101 + N)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    wide = rng.standard_normal((K, N + 9)).astype(dtype)
+    b = wide[:, :N]
+    start = rng.standard_normal((M, N)).astype(dtype)
+    expected = start + a.astype(np.float64) @ b.astype(np.float64)
+    bound = 4 * (max(K, 1) + 1) * np.finfo(dtype).eps * (np.abs(a) @ np.abs(b) + np.abs(start))
+    for a_layout in (a, np.ascontiguousarray(a.T).T):
+        for panels in (None, pack(b, PACK_MIN_ROWS), pack(b, 0)):
+            buffer = np.full(M * N + 64, np.nan, dtype)
+            out = buffer[:M * N].reshape(M, N)
+            out[:] = start
+            matmul_add(a_layout, b, panels, out)
+            assert np.isnan(buffer[M * N:]).all()
+            assert np.all(np.abs(out - expected) <= bound)
+
+
+def test_matmul_add_reads_a_transposed_b():
+    """b whose columns are not contiguous (W^T for dx) without panels is still right."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((5, 40)).astype(np.float32)
+    W = rng.standard_normal((28, 40)).astype(np.float32)
+    out = np.ones((5, 28), np.float32)
+    matmul_add(a, W.T, None, out)
+    np.testing.assert_allclose(out, 1.0 + a @ W.T, rtol=1e-5, atol=1e-5)
 
 
 def test_few_rows_go_to_numpy():
@@ -72,3 +106,5 @@ def test_bad_shapes_are_refused():
         matmul(np.ones((4, 6), np.float32), b, packed, np.empty((4, 6), np.float32))
     with pytest.raises(ValueError, match="shapes"):
         matmul(a, b, packed, np.empty((3, 6), np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        matmul_add(a, b, None, np.empty((4, 7), np.float32))

@@ -305,66 +305,34 @@ def input_projection(z, x, W, b, n_slabs):
         restore_fp_mode(mode)
 
 
-@shared
-def accumulate_weight_grads(dW, x, dz, n_slabs):
-    """dW += x^T dz summed over all steps and rows: one GEMM after the time loop,
-    as a sum of per-slab GEMMs (added in slab order, so the result is the same
-    for a given thread count).
+@jit
+def slab_partials(grad, n_slabs):
+    """Zeroed per-slab partial sums of a gradient: (n_slabs,) + grad.shape.
 
-    dW: (F, G), x: (T, B, F), dz: (T, B, G).
+    The backward kernels add each slab's share of a weight gradient at every step,
+    while dz_t is in cache (gemm.matmul_add: dW += x_t^T dz_t, a few hundred rows of
+    inner dimension), instead of in one product over the whole sequence afterwards,
+    which streams every dz_t back from memory. add_slab_sums then adds the slabs up.
     """
-    T, B, F = x.shape
-    G = dz.shape[2]
-    x2 = x.reshape((T * B, F))
-    dz2 = dz.reshape((T * B, G))
-    partial = np.zeros((n_slabs, F, G), dW.dtype)
-    for s in prange(n_slabs):
-        lo, hi = slab(s, n_slabs, T * B)
-        mode = flush_subnormals()
-        if hi > lo:
-            np.dot(x2[lo:hi].T, dz2[lo:hi], partial[s])
-        restore_fp_mode(mode)
-    for s in range(n_slabs):
-        add_into(dW, partial[s])
+    return np.zeros((n_slabs,) + grad.shape, grad.dtype)
 
 
-@shared
-def accumulate_bias_grads(db, dz, n_slabs):
-    """db += sum of dz over all steps and rows: db (G,) or (0,) for no bias, dz (T, B, G).
-    Per-slab sums added in slab order."""
-    T, B, G = dz.shape
-    if db.shape[0] == 0:
+@jit
+def add_column_sums(total, rows):
+    """total (G,) += rows (n, G) summed over its rows; nothing when total is (0,) (no bias)."""
+    if total.shape[0] == 0:
         return
-    dz2 = dz.reshape((T * B, G))
-    partial = np.zeros((n_slabs, G), dz.dtype)
-    for s in prange(n_slabs):
-        lo, hi = slab(s, n_slabs, T * B)
-        mode = flush_subnormals()
-        for row in range(lo, hi):
-            for k in range(G):
-                partial[s, k] += dz2[row, k]
-        restore_fp_mode(mode)
-    for s in range(n_slabs):
-        for k in range(G):
-            db[k] += partial[s, k]
+    for row in range(rows.shape[0]):
+        for k in range(total.shape[0]):
+            total[k] += rows[row, k]
 
 
 @shared
-def accumulate_input_grads(dx, dz, W, n_slabs):
-    """dx += dz @ W^T over all steps, in row slabs: dx (T, B, F), dz (T, B, G), W (F, G)."""
-    T, B, F = dx.shape
-    G = dz.shape[2]
-    dx2 = dx.reshape((T * B, F))
-    dz2 = dz.reshape((T * B, G))
-    for s in prange(n_slabs):
-        lo, hi = slab(s, n_slabs, T * B)
-        mode = flush_subnormals()
-        if hi > lo:
-            part = np.dot(dz2[lo:hi], W.T)
-            for row in range(lo, hi):
-                for k in range(F):
-                    dx2[row, k] += part[row - lo, k]
-        restore_fp_mode(mode)
+def add_slab_sums(grad, partials):
+    """grad += the slabs' partial sums, added in slab order: the result depends on the
+    thread count only through rounding, and not on timing."""
+    for s in range(partials.shape[0]):
+        grad += partials[s]
 
 
 @shared

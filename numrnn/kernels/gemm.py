@@ -34,10 +34,16 @@ VECTOR_BYTES = 64 if _AVX512 else 32
 TILE_ROWS = 8 if _AVX512 else 4
 
 
-def _tile_intrinsic(rows):
+def _tile_intrinsic(rows, accumulate=False, masked_loads=False):
     """An intrinsic tile(out, a, panel, row, col, cols):
     out[row:row+rows, col:col+cols] = a[row:row+rows] @ panel[:, :cols], panel
-    (K, 2 vector widths) C-contiguous. Columns past cols are not written (masked)."""
+    (K, >= cols) with contiguous rows. Columns past cols are not written (masked
+    stores). With accumulate the tile starts from out (+=).
+
+    With masked_loads the panel and out are read only up to cols (needed when cols
+    is less than 2 vector widths, unless the panel is packed and nothing is
+    accumulated); else they are read 2 vector widths wide.
+    """
 
     @intrinsic
     def tile(typingctx, out, a, panel, row, col, cols):
@@ -59,6 +65,8 @@ def _tile_intrinsic(rows):
             vector_ptr = vector_type.as_pointer()
             masked_store = intrinsic_fn(f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
                                         [vector_type, vector_ptr, i32, mask_type])
+            masked_load = intrinsic_fn(f"llvm.masked.load.{suffix}.p0", vector_type,
+                                       [vector_ptr, i32, mask_type, vector_type])
 
             def const(n):
                 return ir.Constant(i64, n)
@@ -89,6 +97,14 @@ def _tile_intrinsic(rows):
             align = ir.Constant(i32, itemsize)
             zero = ir.Constant(vector_type, None)
 
+            def load(ptr, v):
+                if masked_loads:
+                    return builder.call(masked_load, [ptr, align, masks[v], zero])
+                return builder.load(ptr, align=itemsize)
+
+            # out is read like a panel: masked when its last columns are narrower.
+            start = [[load(out_ptrs[m][v], v) if accumulate else zero for v in range(2)] for m in range(rows)]
+
             entry = builder.block
             loop = builder.append_basic_block("tile.k")
             done = builder.append_basic_block("tile.done")
@@ -98,8 +114,8 @@ def _tile_intrinsic(rows):
             k = builder.phi(i64)
             acc = [[builder.phi(vector_type) for _ in range(2)] for _ in range(rows)]
             panel_row = builder.gep(panel_data, [builder.mul(k, panel_strides[0])])
-            b_vectors = [builder.load(builder.bitcast(builder.gep(panel_row, [const(v * width)]), vector_ptr),
-                                      align=itemsize) for v in range(2)]
+            b_vectors = [load(builder.bitcast(builder.gep(panel_row, [const(v * width)]), vector_ptr), v)
+                         for v in range(2)]
             summed = []
             for m in range(rows):
                 a_mk = splat(builder.load(builder.gep(a_rows[m], [builder.mul(k, a_strides[1])])))
@@ -109,7 +125,7 @@ def _tile_intrinsic(rows):
             k.add_incoming(k_next, loop)
             for m in range(rows):
                 for v in range(2):
-                    acc[m][v].add_incoming(zero, entry)
+                    acc[m][v].add_incoming(start[m][v], entry)
                     acc[m][v].add_incoming(summed[m][v], loop)
             builder.cbranch(builder.icmp_signed("<", k_next, inner), loop, done)
 
@@ -117,7 +133,7 @@ def _tile_intrinsic(rows):
             results = [[builder.phi(vector_type) for _ in range(2)] for _ in range(rows)]
             for m in range(rows):
                 for v in range(2):
-                    results[m][v].add_incoming(zero, entry)
+                    results[m][v].add_incoming(start[m][v], entry)
                     results[m][v].add_incoming(summed[m][v], loop)
             for m in range(rows):
                 for v in range(2):
@@ -129,11 +145,34 @@ def _tile_intrinsic(rows):
     return tile
 
 
-# Row tiles of TILE_ROWS, then 4, 2 and 1 rows for the rest of a slab.
-_tile = _tile_intrinsic(TILE_ROWS)
-_tile_4 = _tile_intrinsic(4)
-_tile_2 = _tile_intrinsic(2)
-_tile_1 = _tile_intrinsic(1)
+def _row_tiles(accumulate, masked_loads):
+    """rows(out, a, panel, col, cols): out[:, col:col+cols] (= or +=) a @ panel,
+    tiles of TILE_ROWS rows, then 4, 2 and 1 for the rest of the rows."""
+    tile, tile_4, tile_2, tile_1 = (_tile_intrinsic(n, accumulate, masked_loads) for n in (TILE_ROWS, 4, 2, 1))
+
+    @numba.njit(cache=True, error_model="numpy")
+    def rows(out, a, panel, col, cols):
+        M = a.shape[0]
+        row = 0
+        while row + TILE_ROWS <= M:
+            tile(out, a, panel, row, col, cols)
+            row += TILE_ROWS
+        if row + 4 <= M:
+            tile_4(out, a, panel, row, col, cols)
+            row += 4
+        if row + 2 <= M:
+            tile_2(out, a, panel, row, col, cols)
+            row += 2
+        if row < M:
+            tile_1(out, a, panel, row, col, cols)
+    return rows
+
+
+_rows_set = _row_tiles(accumulate=False, masked_loads=False)
+_rows_add = _row_tiles(accumulate=True, masked_loads=False)
+# A masked load costs more than a plain one: only a narrow last panel of b uses them.
+_rows_add_masked = _row_tiles(accumulate=True, masked_loads=True)
+
 
 # Packing a 128 x 512 b takes about 30 us: it pays once a few hundred rows in all are
 # multiplied by it. Below that (batch-1 inference, a streaming step) matmul calls np.dot.
@@ -174,17 +213,29 @@ def matmul(a, b, panels, out):
     w = panels.shape[2]
     for p in range(panels.shape[0]):
         col = p * w
+        _rows_set(out, a, panels[p], col, min(w, N - col))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def matmul_add(a, b, panels, out):
+    """out += a @ b: a (M, K) and b (K, N) with any strides, out (M, N) C-contiguous,
+    not overlapping a or b.
+
+    panels: pack(b, rows), or None. Without panels the tiles read b itself, a panel's
+    width of columns at a time, which is as fast when b has few rows (a step's slab
+    of rows in a weight gradient) and spares packing it."""
+    M, K = a.shape
+    N = out.shape[1]
+    if b.shape[0] != K or b.shape[1] != N or out.shape[0] != M:
+        raise ValueError("matmul_add: shapes do not match")
+    if (panels is None or panels.shape[0] == 0) and N > 1 and b.strides[1] != b.itemsize:
+        b = np.ascontiguousarray(b)     # the tiles load whole vectors from b's rows
+    w = 2 * VECTOR_BYTES // b.itemsize
+    for p in range((N + w - 1) // w):
+        col = p * w
         cols = min(w, N - col)
-        panel = panels[p]
-        row = 0
-        while row + TILE_ROWS <= M:
-            _tile(out, a, panel, row, col, cols)
-            row += TILE_ROWS
-        if row + 4 <= M:
-            _tile_4(out, a, panel, row, col, cols)
-            row += 4
-        if row + 2 <= M:
-            _tile_2(out, a, panel, row, col, cols)
-            row += 2
-        if row < M:
-            _tile_1(out, a, panel, row, col, cols)
+        panel = panels[p] if panels is not None and panels.shape[0] > 0 else b[:, col:]
+        if cols == w:
+            _rows_add(out, a, panel, col, cols)
+        else:
+            _rows_add_masked(out, a, panel, col, cols)

@@ -21,10 +21,10 @@ Time-major throughout. Steps at t >= lengths[b] output 0 and carry h unchanged.
 """
 from numba import prange
 
-from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,
-                     flush_subnormals, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward,
-                     mask_row, restore_fp_mode, sigmoid, slab, sum_rows_into, tanh)
-from .gemm import matmul, pack
+from .common import (add_column_sums, add_into, add_slab_sums, flush_subnormals, input_projection, jit, kernel,
+                     layer_norm_backward, layer_norm_forward, mask_row, restore_fp_mode, sigmoid, slab, slab_partials,
+                     sum_rows_into, tanh)
+from .gemm import matmul, matmul_add, pack
 
 
 # ---------------------------------------------------------------- reset_after=False
@@ -175,7 +175,11 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U_c_T, packed_U_g_T = pack(U_c.T, T * B), pack(U_g.T, T * B)    # for matmul, once per sequence
+    # For matmul, once per sequence.
+    packed_U_c_T, packed_U_g_T = pack(U_c.T, T * B), pack(U_g.T, T * B)
+    packed_W_g_T, packed_W_c_T = pack(W_g.T, T * B if need_dx else 0), pack(W_c.T, T * B if need_dx else 0)
+    dW_g_slabs, dU_g_slabs, db_g_slabs = slab_partials(dW_g, n_slabs), slab_partials(dU_g, n_slabs), slab_partials(db_g, n_slabs)
+    dW_c_slabs, dU_c_slabs, db_c_slabs = slab_partials(dW_c, n_slabs), slab_partials(dU_c, n_slabs), slab_partials(db_c, n_slabs)
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
     dln_gain_rows[:] = 0.0
@@ -197,21 +201,28 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
                                     d_rh[row], gates[t, row], ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
                                     t < lengths[row])
             matmul(dz_g[t, lo:hi], U_g.T, packed_U_g_T, dh_rec[lo:hi])
+            # This step's share of the weight gradients (common.slab_partials), and dx.
+            matmul_add(x[t, lo:hi].T, dz_g[t, lo:hi], None, dW_g_slabs[s])
+            matmul_add(h[t, lo:hi].T, dz_g[t, lo:hi], None, dU_g_slabs[s])
+            add_column_sums(db_g_slabs[s], dz_g[t, lo:hi])
+            matmul_add(x[t, lo:hi].T, dz_c[t, lo:hi], None, dW_c_slabs[s])
+            matmul_add(rh[t, lo:hi].T, dz_c[t, lo:hi], None, dU_c_slabs[s])
+            add_column_sums(db_c_slabs[s], dz_c[t, lo:hi])
+            if need_dx:
+                matmul_add(dz_g[t, lo:hi], W_g.T, packed_W_g_T, dx[t, lo:hi])
+                matmul_add(dz_c[t, lo:hi], W_c.T, packed_W_c_T, dx[t, lo:hi])
             restore_fp_mode(mode)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
     G = dln_gain.shape[0] * dln_gain.shape[1]
     sum_rows_into(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
     sum_rows_into(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
-    accumulate_weight_grads(dW_g, x, dz_g, n_slabs)
-    accumulate_weight_grads(dU_g, h[:T], dz_g, n_slabs)
-    accumulate_bias_grads(db_g, dz_g, n_slabs)
-    accumulate_weight_grads(dW_c, x, dz_c, n_slabs)
-    accumulate_weight_grads(dU_c, rh, dz_c, n_slabs)
-    accumulate_bias_grads(db_c, dz_c, n_slabs)
-    if need_dx:
-        accumulate_input_grads(dx, dz_g, W_g, n_slabs)
-        accumulate_input_grads(dx, dz_c, W_c, n_slabs)
+    add_slab_sums(dW_g, dW_g_slabs)
+    add_slab_sums(dU_g, dU_g_slabs)
+    add_slab_sums(db_g, db_g_slabs)
+    add_slab_sums(dW_c, dW_c_slabs)
+    add_slab_sums(dU_c, dU_c_slabs)
+    add_slab_sums(db_c, db_c_slabs)
 
 
 # ---------------------------------------------------------------- reset_after=True
@@ -311,7 +322,9 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U_T = pack(U.T, T * B)    # for matmul, once per sequence
+    packed_U_T, packed_W_T = pack(U.T, T * B), pack(W.T, T * B if need_dx else 0)    # for matmul, once per sequence
+    dW_slabs, db_x_slabs = slab_partials(dW, n_slabs), slab_partials(db_x, n_slabs)
+    dU_slabs, db_h_slabs = slab_partials(dU, n_slabs), slab_partials(db_h, n_slabs)
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
     for t in range(T - 1, -1, -1):
@@ -325,15 +338,20 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
                                       gates[t, row], q_c[t, row], h[t, row], mask_row(state_mask, t, row),
                                       t < lengths[row])
             matmul(dq[t, lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
+            # This step's share of the weight gradients (common.slab_partials), and dx.
+            matmul_add(x[t, lo:hi].T, da[t, lo:hi], None, dW_slabs[s])
+            add_column_sums(db_x_slabs[s], da[t, lo:hi])
+            matmul_add(h[t, lo:hi].T, dq[t, lo:hi], None, dU_slabs[s])
+            add_column_sums(db_h_slabs[s], dq[t, lo:hi])
+            if need_dx:
+                matmul_add(da[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
             restore_fp_mode(mode)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
-    accumulate_weight_grads(dW, x, da, n_slabs)
-    accumulate_bias_grads(db_x, da, n_slabs)
-    accumulate_weight_grads(dU, h[:T], dq, n_slabs)
-    accumulate_bias_grads(db_h, dq, n_slabs)
-    if need_dx:
-        accumulate_input_grads(dx, da, W, n_slabs)
+    add_slab_sums(dW, dW_slabs)
+    add_slab_sums(db_x, db_x_slabs)
+    add_slab_sums(dU, dU_slabs)
+    add_slab_sums(db_h, db_h_slabs)
 
 
 # ---------------------------------------------------------------- forward only (inference)

@@ -17,10 +17,10 @@ unchanged, so c[T], r[T] are each sequence's final state.
 """
 from numba import prange
 
-from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into, clip,
-                     flush_subnormals, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward,
-                     mask_row, restore_fp_mode, sigmoid, slab, sum_rows_into, tanh)
-from .gemm import matmul, pack
+from .common import (add_column_sums, add_into, add_slab_sums, clip, flush_subnormals, input_projection, jit,
+                     kernel, layer_norm_backward, layer_norm_forward, mask_row, restore_fp_mode, sigmoid, slab,
+                     slab_partials, sum_rows_into, tanh)
+from .gemm import matmul, matmul_add, pack
 
 
 @jit
@@ -232,8 +232,11 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U_T, packed_P_T = pack(U.T, T * B), pack(P.T, T * B)    # for matmul, once per sequence
+    # For matmul, once per sequence.
+    packed_U_T, packed_P_T, packed_W_T = pack(U.T, T * B), pack(P.T, T * B), pack(W.T, T * B if need_dx else 0)
     proj = P.shape[0] > 0
+    dW_slabs, dU_slabs, db_slabs, dP_slabs = (slab_partials(dW, n_slabs), slab_partials(dU, n_slabs),
+                                              slab_partials(db, n_slabs), slab_partials(dP, n_slabs))
     dr_carry[:] = drT
     dc0[:] = dcT                       # running dL/dc, ends as dL/dc[0]
     dr_rec[:] = 0.0
@@ -259,21 +262,26 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
                                     c_pre[t, row], ln_hat[t, row], ln_rstd[t, row], peep, ln_gain, cell_clip,
                                     t < lengths[row])
             matmul(dz[t, lo:hi], U.T, packed_U_T, dr_rec[lo:hi])
+            # This step's share of the weight gradients (common.slab_partials), and dx.
+            matmul_add(x[t, lo:hi].T, dz[t, lo:hi], None, dW_slabs[s])
+            matmul_add(r[t, lo:hi].T, dz[t, lo:hi], None, dU_slabs[s])
+            add_column_sums(db_slabs[s], dz[t, lo:hi])
+            if proj:
+                matmul_add(m[t, lo:hi].T, dr[t, lo:hi], None, dP_slabs[s])
+            if need_dx:
+                matmul_add(dz[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
             restore_fp_mode(mode)
     dr0[:] = dr_carry
     add_into(dr0, dr_rec)
-    accumulate_weight_grads(dW, x, dz, n_slabs)
-    accumulate_weight_grads(dU, r[:T], dz, n_slabs)
-    accumulate_bias_grads(db, dz, n_slabs)
-    if proj:
-        accumulate_weight_grads(dP, m, dr, n_slabs)
+    add_slab_sums(dW, dW_slabs)
+    add_slab_sums(dU, dU_slabs)
+    add_slab_sums(db, db_slabs)
+    add_slab_sums(dP, dP_slabs)
     G = dpeep.shape[0] * dpeep.shape[1]
     sum_rows_into(dpeep.reshape(G), dpeep_rows.reshape((B, G)))
     G = dln_gain.shape[0] * dln_gain.shape[1]
     sum_rows_into(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
     sum_rows_into(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
-    if need_dx:
-        accumulate_input_grads(dx, dz, W, n_slabs)
 
 
 # ---------------------------------------------------------------- forward only (inference)

@@ -7,9 +7,9 @@ length is 0).
 """
 from numba import prange
 
-from .common import (accumulate_bias_grads, accumulate_input_grads, accumulate_weight_grads, add_into,
-                     flush_subnormals, input_projection, jit, kernel, mask_row, relu, restore_fp_mode, slab, tanh)
-from .gemm import matmul, pack
+from .common import (add_column_sums, add_into, add_slab_sums, flush_subnormals, input_projection, jit, kernel,
+                     mask_row, relu, restore_fp_mode, slab, slab_partials, tanh)
+from .gemm import matmul, matmul_add, pack
 
 
 @jit
@@ -95,26 +95,32 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U_T = pack(U.T, T * B)    # for matmul, once per sequence
+    packed_U_T, packed_W_T = pack(U.T, T * B), pack(W.T, T * B if need_dx else 0)    # for matmul, once per sequence
+    dW_slabs, dU_slabs, db_slabs = slab_partials(dW, n_slabs), slab_partials(dU, n_slabs), slab_partials(db, n_slabs)
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
     for t in range(T - 1, -1, -1):
         for s in prange(n_slabs):
             lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
             mode = flush_subnormals()
             for row in range(lo, hi):
                 _rnn_step_backward(dz[t, row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
                                    mask_row(state_mask, t, row), t < lengths[row], use_relu)
-            if hi > lo:
-                matmul(dz[t, lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
+            matmul(dz[t, lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
+            # This step's share of the weight gradients (common.slab_partials), and dx.
+            matmul_add(x[t, lo:hi].T, dz[t, lo:hi], None, dW_slabs[s])
+            matmul_add(h[t, lo:hi].T, dz[t, lo:hi], None, dU_slabs[s])
+            add_column_sums(db_slabs[s], dz[t, lo:hi])
+            if need_dx:
+                matmul_add(dz[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
             restore_fp_mode(mode)
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
-    accumulate_weight_grads(dW, x, dz, n_slabs)
-    accumulate_weight_grads(dU, h[:T], dz, n_slabs)
-    accumulate_bias_grads(db, dz, n_slabs)
-    if need_dx:
-        accumulate_input_grads(dx, dz, W, n_slabs)
+    add_slab_sums(dW, dW_slabs)
+    add_slab_sums(dU, dU_slabs)
+    add_slab_sums(db, db_slabs)
 
 
 # ---------------------------------------------------------------- forward only (inference)

@@ -178,8 +178,9 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
     # For matmul, once per sequence.
     packed_U_c_T, packed_U_g_T = pack(U_c.T, T * B), pack(U_g.T, T * B)
     packed_W_g_T, packed_W_c_T = pack(W_g.T, T * B if need_dx else 0), pack(W_c.T, T * B if need_dx else 0)
-    dW_g_slabs, dU_g_slabs, db_g_slabs = slab_partials(dW_g, n_slabs), slab_partials(dU_g, n_slabs), slab_partials(db_g, n_slabs)
-    dW_c_slabs, dU_c_slabs, db_c_slabs = slab_partials(dW_c, n_slabs), slab_partials(dU_c, n_slabs), slab_partials(db_c, n_slabs)
+    dW_g_slabs, dU_g_slabs = slab_partials(dW_g, n_slabs), slab_partials(dU_g, n_slabs)
+    dW_c_slabs, dU_c_slabs = slab_partials(dW_c, n_slabs), slab_partials(dU_c, n_slabs)
+    db_g_slabs, db_c_slabs = slab_partials(db_g, n_slabs), slab_partials(db_c, n_slabs)
     dh_carry[:] = dhT
     dh_rec[:] = 0.0
     dln_gain_rows[:] = 0.0

@@ -1,11 +1,12 @@
-"""numrnn.kernels.common: the scalar activations the kernels inline, and the kernels'
-handling of subnormal numbers."""
+"""numrnn.kernels.common and .activations: the activations the kernels use, element by
+element and over whole gate blocks, and the kernels' handling of subnormal numbers."""
 import numba
 import numpy as np
 import pytest
 from scipy.special import expit
 
 import numrnn as nr
+from numrnn.kernels.activations import sigmoid_into, tanh_into
 from numrnn.kernels.common import sigmoid, tanh
 
 
@@ -21,6 +22,16 @@ def apply_sigmoid(x, out):
         out[i] = sigmoid(x[i])
 
 
+@numba.njit(error_model="numpy")
+def apply_tanh_block(x, out):
+    tanh_into(out, x)
+
+
+@numba.njit(error_model="numpy")
+def apply_sigmoid_block(x, out):
+    sigmoid_into(out, x)
+
+
 def float32_grid():
     """Every float32 in [-1, 1] at a fine spacing, the saturated tails out to the
     largest finite float32, and the infinities."""
@@ -31,7 +42,8 @@ def float32_grid():
     return values.astype(np.float32)
 
 
-def test_float32_tanh_is_within_4e7_of_libm():
+@pytest.mark.parametrize("apply_tanh", [apply_tanh, apply_tanh_block])
+def test_float32_tanh_is_within_4e7_of_libm(apply_tanh):
     x = float32_grid()
     out = np.empty_like(x)
     apply_tanh(x, out)
@@ -48,7 +60,8 @@ def test_float32_tanh_is_within_4e7_of_libm():
     np.testing.assert_array_equal(mirrored, -out)
 
 
-def test_float32_sigmoid_is_within_3e7_of_libm():
+@pytest.mark.parametrize("apply_sigmoid", [apply_sigmoid, apply_sigmoid_block])
+def test_float32_sigmoid_is_within_3e7_of_libm(apply_sigmoid):
     x = float32_grid()
     out = np.empty_like(x)
     apply_sigmoid(x, out)
@@ -57,13 +70,35 @@ def test_float32_sigmoid_is_within_3e7_of_libm():
     assert ((out >= 0.0) & (out <= 1.0)).all()
 
 
-@pytest.mark.parametrize("apply, exact", [(apply_tanh, np.tanh),
-                                          (apply_sigmoid, expit)])
+@pytest.mark.parametrize("apply, exact", [(apply_tanh, np.tanh), (apply_tanh_block, np.tanh),
+                                          (apply_sigmoid, expit), (apply_sigmoid_block, expit)])
 def test_float64_uses_libm(apply, exact):
     x = np.linspace(-40.0, 40.0, 100_001)
     out = np.empty_like(x)
     apply(x, out)
     np.testing.assert_allclose(out, exact(x), rtol=2e-15, atol=1e-300)
+
+
+@pytest.mark.parametrize("apply", [apply_tanh, apply_tanh_block, apply_sigmoid, apply_sigmoid_block])
+def test_nan_propagates(apply):
+    """A diverging run's NaN must reach the loss, not be clamped away."""
+    x = np.array([0.5, np.nan, -3.0], np.float32)
+    out = np.zeros_like(x)
+    apply(x, out)
+    assert np.isnan(out[1]) and np.isfinite(out[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("apply", [apply_tanh_block, apply_sigmoid_block])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 15, 16, 17, 31, 33, 128])
+def test_blocks_of_any_length_stop_at_their_end(apply, n):
+    """The last vector is masked: nothing past the block is read into or written."""
+    x = np.linspace(-3.0, 3.0, n).astype(np.float32)
+    buffer = np.full(n + 40, 7.0, np.float32)
+    apply(x, buffer[:n])
+    assert (buffer[n:] == 7.0).all()
+    expected = np.empty_like(x)
+    (apply_tanh if apply is apply_tanh_block else apply_sigmoid)(x, expected)
+    np.testing.assert_allclose(buffer[:n], expected, rtol=0, atol=3e-7)
 
 
 SUBNORMAL32 = np.float32(1e-39)

@@ -21,9 +21,10 @@ Time-major throughout. Steps at t >= lengths[b] output 0 and carry h unchanged.
 """
 from numba import prange
 
+from .activations import sigmoid_into, tanh_into
 from .common import (add_column_sums, add_into, add_slab_sums, flush_subnormals, input_projection, jit, kernel,
-                     layer_norm_backward, layer_norm_forward, mask_row, restore_fp_mode, sigmoid, slab, slab_partials,
-                     sum_rows_into, tanh)
+                     layer_norm_backward, layer_norm_forward, mask_row, restore_fp_mode, slab, slab_partials,
+                     sum_rows_into)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -43,11 +44,8 @@ def _gru_gates_forward(gates, rh, ln_hat, ln_rstd, rec, h_prev, ln_gain, ln_shif
         for g in range(2):
             ln_rstd[g] = layer_norm_forward(gates[g * H:(g + 1) * H], ln_hat[g * H:(g + 1) * H],
                                             ln_gain[g], ln_shift[g])
-    r, u = gates[:H], gates[H:]
-    for k in range(H):
-        r[k] = sigmoid(r[k])
-    for k in range(H):
-        u[k] = sigmoid(u[k])
+    sigmoid_into(gates, gates)     # r and u
+    r = gates[:H]
     for k in range(H):
         rh[k] = r[k] * h_prev[k]
 
@@ -67,8 +65,7 @@ def _gru_candidate_forward(y, h_new, cand, ln_hat, ln_rstd, gates, rec, h_prev, 
     if ln_gain.shape[0] > 0:
         ln_rstd[2] = layer_norm_forward(cand, ln_hat[2 * H:], ln_gain[2], ln_shift[2])
     u = gates[H:]
-    for k in range(H):
-        cand[k] = tanh(cand[k])
+    tanh_into(cand, cand)
     for k in range(H):
         y[k] = u[k] * h_prev[k] + (1.0 - u[k]) * cand[k]
     for k in range(H):
@@ -233,18 +230,23 @@ def _gru_ra_step_forward(y, h_new, gates, q_c, rec, b_h, h_prev, mask, valid):
     """One row of one step. gates holds x W + b_x on entry and σ(r), σ(u), c on exit;
     q_c receives h_{t-1} U_c + b_h,c, which backward needs for dr."""
     H = h_prev.shape[0]
+    if not valid:
+        gates[:] = 0.0
+        q_c[:] = 0.0
+        h_new[:] = h_prev
+        y[:] = 0.0
+        return
+    r_u, c = gates[:2 * H], gates[2 * H:]
+    for k in range(2 * H):
+        r_u[k] += rec[k] + b_h[k]
+    sigmoid_into(r_u, r_u)
     for k in range(H):
-        if not valid:
-            gates[k] = gates[H + k] = gates[2 * H + k] = q_c[k] = 0.0
-            h_new[k] = h_prev[k]
-            y[k] = 0.0
-            continue
-        r = sigmoid(gates[k] + rec[k] + b_h[k])
-        u = sigmoid(gates[H + k] + rec[H + k] + b_h[H + k])
-        q = rec[2 * H + k] + b_h[2 * H + k]
-        c = tanh(gates[2 * H + k] + r * q)
-        gates[k], gates[H + k], gates[2 * H + k], q_c[k] = r, u, c, q
-        y[k] = u * h_prev[k] + (1.0 - u) * c
+        q_c[k] = rec[2 * H + k] + b_h[2 * H + k]
+        c[k] += r_u[k] * q_c[k]
+    tanh_into(c, c)
+    u = gates[H:2 * H]
+    for k in range(H):
+        y[k] = u[k] * h_prev[k] + (1.0 - u[k]) * c[k]
         h_new[k] = y[k] * mask[k]
 
 

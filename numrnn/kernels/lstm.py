@@ -17,9 +17,10 @@ unchanged, so c[T], r[T] are each sequence's final state.
 """
 from numba import prange
 
+from .activations import sigmoid_into, tanh_into
 from .common import (add_column_sums, add_into, add_slab_sums, clip, flush_subnormals, input_projection, jit,
-                     kernel, layer_norm_backward, layer_norm_forward, mask_row, restore_fp_mode, sigmoid, slab,
-                     slab_partials, sum_rows_into, tanh)
+                     kernel, layer_norm_backward, layer_norm_forward, mask_row, restore_fp_mode, slab,
+                     slab_partials, sum_rows_into)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -31,7 +32,8 @@ def _lstm_cell_forward(m, gates, tanh_c, c_new, c_pre, ln_hat, ln_rstd, rec, c_p
     gates holds x W + b on entry and σ(i), tanh(j), σ(f), σ(o) on exit (0 when padded).
     Saved for backward: tanh_c; with layer norm ln_hat (5H) and ln_rstd (5); with
     cell_clip c_pre, the cell before clipping. One loop per equation over
-    contiguous gate blocks, so that each vectorises.
+    contiguous gate blocks, so that each vectorises; the activations in vector
+    registers (activations.py).
     """
     H = c_prev.shape[0]
     if not valid:
@@ -52,11 +54,10 @@ def _lstm_cell_forward(m, gates, tanh_c, c_new, c_pre, ln_hat, ln_rstd, rec, c_p
             i[k] += peep[0, k] * c_prev[k]
             f[k] += peep[1, k] * c_prev[k]
     for k in range(H):
-        i[k] = sigmoid(i[k])
-    for k in range(H):
-        j[k] = tanh(j[k])
-    for k in range(H):
-        f[k] = sigmoid(f[k] + forget_bias)
+        f[k] += forget_bias
+    sigmoid_into(i, i)
+    tanh_into(j, j)
+    sigmoid_into(f, f)
     for k in range(H):
         c_new[k] = f[k] * c_prev[k] + i[k] * j[k]
     if ln_gain.shape[0] > 0:
@@ -68,10 +69,8 @@ def _lstm_cell_forward(m, gates, tanh_c, c_new, c_pre, ln_hat, ln_rstd, rec, c_p
     if peep.shape[0] > 0:
         for k in range(H):
             o[k] += peep[2, k] * c_new[k]
-    for k in range(H):
-        o[k] = sigmoid(o[k])
-    for k in range(H):
-        tanh_c[k] = tanh(c_new[k])
+    sigmoid_into(o, o)
+    tanh_into(tanh_c, c_new)
     for k in range(H):
         m[k] = o[k] * tanh_c[k]
 

@@ -7,8 +7,9 @@ length is 0).
 """
 from numba import prange
 
+from .activations import tanh_into
 from .common import (add_column_sums, add_into, add_slab_sums, flush_subnormals, input_projection, jit, kernel,
-                     mask_row, relu, restore_fp_mode, slab, slab_partials, tanh)
+                     mask_row, relu, restore_fp_mode, slab, slab_partials)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -16,13 +17,18 @@ from .gemm import matmul, matmul_add, pack
 def _rnn_step_forward(y, h_new, z, rec, h_prev, mask, valid, use_relu):
     """One row of one step: y = act(z + rec), h_new = y * mask; padded: y = 0, h carried."""
     H = h_prev.shape[0]
+    if not valid:
+        h_new[:] = h_prev
+        y[:] = 0.0
+        return
     for k in range(H):
-        if not valid:
-            h_new[k] = h_prev[k]
-            y[k] = 0.0
-            continue
-        pre = z[k] + rec[k]
-        y[k] = relu(pre) if use_relu else tanh(pre)
+        y[k] = z[k] + rec[k]
+    if use_relu:
+        for k in range(H):
+            y[k] = relu(y[k])
+    else:
+        tanh_into(y, y)
+    for k in range(H):
         h_new[k] = y[k] * mask[k]
 
 

@@ -23,8 +23,8 @@ from numba import prange
 
 from .activations import sigmoid_into, tanh_into
 from .common import (add_column_sums, add_into, add_slab_sums, flush_subnormals, input_projection, jit, kernel,
-                     layer_norm_backward, layer_norm_forward, mask_row, restore_fp_mode, slab, slab_partials,
-                     sum_rows_into)
+                     layer_norm_backward, layer_norm_forward, mask_row, project_step, restore_fp_mode, slab,
+                     slab_partials, sum_rows_into)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -93,15 +93,16 @@ def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U
         tf.compat.v1.nn.rnn_cell.GRUCell (Cho et al. 2014); layer norm as Ba et al. 2016.
     """
     T, B, _ = x.shape
-    packed_U_g, packed_U_c = pack(U_g, T * B), pack(U_c, T * B)    # for matmul, once per sequence
-    input_projection(gates, x, W_g, b_g, n_slabs)
-    input_projection(cand, x, W_c, b_c, n_slabs)
+    packed_W_g, packed_U_g = pack(W_g, T * B), pack(U_g, T * B)    # for matmul, once per sequence
+    packed_W_c, packed_U_c = pack(W_c, T * B), pack(U_c, T * B)
     for t in range(T):
         for s in prange(n_slabs):
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
             mode = flush_subnormals()
+            project_step(gates[t, lo:hi], x[t, lo:hi], W_g, packed_W_g, b_g)
+            project_step(cand[t, lo:hi], x[t, lo:hi], W_c, packed_W_c, b_c)
             matmul(h[t, lo:hi], U_g, packed_U_g, rec_g[lo:hi])
             for row in range(lo, hi):
                 _gru_gates_forward(gates[t, row], rh[t, row], ln_hat[t, row], ln_rstd[t, row], rec_g[row],
@@ -266,14 +267,14 @@ def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec
         torch.nn.GRU (gates r, z, n = our r, u, c), cuDNN, Keras GRU(reset_after=True).
     """
     T, B, _ = x.shape
-    packed_U = pack(U, T * B)    # for matmul, once per sequence
-    input_projection(gates, x, W, b_x, n_slabs)
+    packed_W, packed_U = pack(W, T * B), pack(U, T * B)    # for matmul, once per sequence
     for t in range(T):
         for s in prange(n_slabs):
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
             mode = flush_subnormals()
+            project_step(gates[t, lo:hi], x[t, lo:hi], W, packed_W, b_x)
             matmul(h[t, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _gru_ra_step_forward(y[t, row], h[t + 1, row], gates[t, row], q_c[t, row], rec[row], b_h,

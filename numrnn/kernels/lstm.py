@@ -19,8 +19,8 @@ from numba import prange
 
 from .activations import sigmoid_into, tanh_into
 from .common import (add_column_sums, add_into, add_slab_sums, clip, flush_subnormals, input_projection, jit,
-                     kernel, layer_norm_backward, layer_norm_forward, mask_row, restore_fp_mode, slab,
-                     slab_partials, sum_rows_into)
+                     kernel, layer_norm_backward, layer_norm_forward, mask_row, project_step,
+                     restore_fp_mode, slab, slab_partials, sum_rows_into)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -121,15 +121,15 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
         reordered (PyTorch: i, f, g, o).
     """
     T, B, _ = x.shape
-    packed_U, packed_P = pack(U, T * B), pack(P, T * B)    # for matmul, once per sequence
+    packed_W, packed_U, packed_P = pack(W, T * B), pack(U, T * B), pack(P, T * B)    # once per sequence
     proj = P.shape[0] > 0
-    input_projection(gates, x, W, b, n_slabs)
     for t in range(T):
         for s in prange(n_slabs):
             lo, hi = slab(s, n_slabs, B)
             if hi == lo:
                 continue
             mode = flush_subnormals()
+            project_step(gates[t, lo:hi], x[t, lo:hi], W, packed_W, b)
             matmul(r[t, lo:hi], U, packed_U, rec[lo:hi])
             # Without projection m_t is r_t: the cell writes it straight into y.
             m_out = m[t] if proj else y[t]

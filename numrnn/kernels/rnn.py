@@ -9,7 +9,7 @@ from numba import prange
 
 from .activations import tanh_into
 from .common import (add_column_sums, add_into, add_slab_sums, flush_subnormals, input_projection, jit, kernel,
-                     mask_row, relu, restore_fp_mode, slab, slab_partials)
+                     mask_row, project_step, relu, restore_fp_mode, slab, slab_partials)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -52,14 +52,15 @@ def rnn_forward(y, h, x, W, U, b, state_mask, lengths, use_relu, z, rec, n_slabs
         Elman network; PyTorch ``nn.RNN(nonlinearity='tanh'|'relu')``.
     """
     T, B, _ = x.shape
-    packed_U = pack(U, T * B)    # for matmul, once per sequence
-    input_projection(z, x, W, b, n_slabs)
+    packed_W, packed_U = pack(W, T * B), pack(U, T * B)    # for matmul, once per sequence
     for t in range(T):
         for s in prange(n_slabs):
             lo, hi = slab(s, n_slabs, B)
+            if hi == lo:
+                continue
             mode = flush_subnormals()
-            if hi > lo:
-                matmul(h[t, lo:hi], U, packed_U, rec[lo:hi])
+            project_step(z[t, lo:hi], x[t, lo:hi], W, packed_W, b)
+            matmul(h[t, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _rnn_step_forward(y[t, row], h[t + 1, row], z[t, row], rec[row], h[t, row],
                                   mask_row(state_mask, t, row), t < lengths[row], use_relu)

@@ -37,7 +37,7 @@ def main(argv=None):
                      help="thread counts to run, in order (default 2,1)")
     run.add_argument("--cases", metavar="PATTERN",
                      help="comma-separated substrings or glob patterns of case names; 'start' and 'memory' "
-                          "select the subprocess measurements")
+                          "select the subprocess measurements, 'scaling' the alternating thread-scaling one")
     cmp = sub.add_parser("compare", help="flag cases whose ratio to PyTorch fell beyond the noise")
     cmp.add_argument("base")
     cmp.add_argument("new")

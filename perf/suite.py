@@ -39,6 +39,12 @@ Threads: for each count in ``--threads``, numrnn's Numba threads and BLAS
 (numrnn_cli.threads.set_num_threads) and ``torch.set_num_threads`` in both
 processes.
 
+Thread scaling: the cases run for one thread count after the other, minutes apart,
+and a shared machine's speed moves between spells of that length. The 1- to
+N-thread speed-up of the row-MNIST LSTM step is therefore also measured with the
+two counts alternating step by step on one model in this process
+(``thread_scaling``), when ``--threads`` holds 1 and more.
+
 GFLOP/s: each training step's analytic GEMM FLOPs (perf.flops) over its median
 time, beside the GEMM rate at the step's own GEMM shapes, timed with ``np.dot``
 and with ``np.dot`` inside a Numba function (each distinct shape: the median of
@@ -85,12 +91,14 @@ class Settings:
     cold_reps: int
     warm_reps: int
     memory: bool
+    scaling_rounds: int      # alternating 1-thread / N-thread steps (thread_scaling)
 
 
 FULL = Settings(budget_s=15.0, min_rounds=5, max_rounds=31, max_case_s=75.0, cold_reps=2, warm_reps=5,
-                memory=True)
+                memory=True, scaling_rounds=40)
 QUICK = Settings(budget_s=3.0, min_rounds=3, max_rounds=9, max_case_s=20.0, cold_reps=0, warm_reps=3,
-                 memory=False)
+                 memory=False, scaling_rounds=10)
+SCALING_CASE = "train row lstm"
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -354,6 +362,11 @@ def format_report(result):
         lines.append(f"time to {rec.get('name', 'first step')} ({rec['threads']} threads, the default; driver, "
                      f"see perf/startup.py): "
                      + ", ".join(f"{k} {fmt_side(rec[k])}" for k in ("cold", "warm") if rec.get(k)))
+    for rec in result.get("scaling", []):
+        lines.append("")
+        lines.append(f"thread scaling of the {rec['case']} step, 1 and {rec['threads']} threads alternating step by "
+                     f"step: {fmt_side(rec['one_thread'])} and {fmt_side(rec['threads_n'])}, "
+                     f"{rec['speedup']:.2f}x")
     for rec in result.get("memory", []):
         lines.append(f"peak RSS of a pixel-MNIST LSTM-128 training step: numrnn {rec['numrnn']['maxrss_mib']:.0f} MiB"
                      + (f", torch {rec['torch']['maxrss_mib']:.0f} MiB (torch/numrnn "
@@ -361,6 +374,29 @@ def format_report(result):
     for name, message in result.get("failures", {}).items():
         lines.append(f"FAILED {name}: {message}")
     return "\n".join(lines)
+
+
+def thread_scaling(threads, rounds):
+    """numrnn's SCALING_CASE step on 1 thread and on ``threads``, alternating step by
+    step on one model (each step SETTLE_S after the previous one): both counts see
+    the machine in the same spell. Returns medians and the speed-up."""
+    spec = next(c for c in cases_module.CASES if c["name"] == SCALING_CASE)
+    case = cases_module.NumrnnCase(spec, cases_module.make_data(spec))
+    samples = {threads: [], 1: []}
+    for n in samples:                    # compile and warm up both builds
+        set_threads(n)
+        for _ in range(3):
+            case.step()
+    for _ in range(rounds):
+        for n, times in samples.items():
+            set_threads(n)
+            time.sleep(SETTLE_S)
+            start = time.perf_counter()
+            case.step()
+            times.append(time.perf_counter() - start)
+    one, many = summary(samples[1]), summary(samples[threads])
+    return {"case": SCALING_CASE, "threads": threads, "one_thread": one, "threads_n": many,
+            "speedup": one["median"] / many["median"]}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -382,7 +418,8 @@ def run(quick=False, json_out=None, threads=(2, 1), pattern=None, extras=True, l
     settings = QUICK if quick else FULL
     result = {"schema": 1, "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "argv": sys.argv, "quick": quick, "load_start": load_average(), "machine": machine_info(),
-              "settings": settings.__dict__, "cases": [], "startup": [], "memory": [], "failures": {}}
+              "settings": settings.__dict__, "cases": [], "startup": [], "memory": [], "scaling": [],
+              "failures": {}}
     chosen = select(pattern, quick)
     worker = Worker() if torch is not None else None
     try:
@@ -405,6 +442,10 @@ def run(quick=False, json_out=None, threads=(2, 1), pattern=None, extras=True, l
     finally:
         if worker is not None:
             worker.close()
+    many = max(threads)
+    if extras and 1 in threads and many > 1 and (pattern is None or "scaling" in pattern):
+        log("thread scaling ...")
+        result["scaling"].append(thread_scaling(many, settings.scaling_rounds))
     if extras and (pattern is None or any(p in pattern for p in ("start", "memory"))):
         set_threads(max(threads))
         for name, mode in (("first step", "first-step"), ("first prediction", "first-predict")):

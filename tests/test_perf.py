@@ -99,3 +99,19 @@ def test_case_weights_match_torch():
         reference = torch_side.build(spec, ours.weights, data, "default").check()
         err, _ = cases.compare_results(spec, ours.check(), reference)
         assert err < 1e-4
+
+
+def test_thread_scaling_alternates_both_counts(monkeypatch):
+    """The alternating measurement times as many steps on each count, on the thread
+    count it claims, and reports the ratio of the medians. No timing is asserted."""
+    from perf import suite
+    counts = []
+    monkeypatch.setattr(suite, "SETTLE_S", 0.0)
+    monkeypatch.setattr(suite, "set_threads", lambda n: counts.append(n))
+    rec = suite.thread_scaling(2, rounds=3)
+    assert counts[-6:] == [2, 1, 2, 1, 2, 1]
+    assert rec["one_thread"]["n"] == rec["threads_n"]["n"] == 3
+    assert rec["speedup"] == pytest.approx(rec["one_thread"]["median"] / rec["threads_n"]["median"])
+    assert "1 and 2 threads alternating" in suite.format_report(
+        {"created": "x", "machine": {"cpu": "c", "cpu_count": 2}, "load_start": [], "load_end": [], "cases": [],
+         "scaling": [rec]})

@@ -1,8 +1,8 @@
 """Pieces shared by the cell kernels, and the parallel/serial kernel wrapper.
 
 The scalar and per-row functions (``@jit``) are inlined into the kernels that call
-them; the whole-sequence passes after the backward time loop (``@shared``) are
-compiled once and called. Subnormals are flushed inside the kernels (flush_subnormals).
+them; the passes after the backward time loop (``@shared``) are compiled once and
+called. Subnormals are flushed inside the kernels (flush_subnormals).
 fastmath stays off: BPTT needs IEEE behaviour (see STYLE.md, point 7).
 """
 import inspect
@@ -270,14 +270,14 @@ def slab(s, n_slabs, n):
     does the products (gemm.matmul, or single-threaded BLAS) and the gate math of its
     own rows, so one thread pool does all the work (PERF_NOTES.md, trap 2) and each
     step is a single parallel region. Results depend on n_slabs only through the
-    rounding of the whole-sequence products.
+    rounding of the weight gradients, summed per slab (slab_partials).
     """
     per = (n + n_slabs - 1) // n_slabs
     lo = min(n, s * per)
     return lo, min(n, lo + per)
 
 
-# The whole-sequence passes after the time loop are compiled once, on their own, and
+# The passes after the time loop are compiled once, on their own, and
 # called by every cell's kernels: inlined, each kernel would compile its own copy (and
 # cold compilation would take twice as long).
 shared = numba.njit(parallel=True, cache=True, error_model="numpy")

@@ -1,4 +1,4 @@
-"""The recurrent products of each step: a packed register-tile GEMM.
+"""The products of each step: a register-tile GEMM.
 
 A recurrent step multiplies a slab of 32-64 state rows by U (R x 4H). Through
 Numba's np.dot each such call goes to OpenBLAS, which packs U again every time and
@@ -11,9 +11,12 @@ shapes (AVX-512). The panel is read sequentially and stays in L1 while the row t
 pass over it; read straight from U's rows, 2 KiB apart, it does not (its rows fall
 into a few cache sets).
 
-The recurrent kernels pack U (or U^T) once per sequence and call matmul at every
-step. The whole-sequence products (input projection, weight and input gradients),
-with their long inner dimension, stay with np.dot: OpenBLAS blocks them well.
+The training kernels pack W, U (or their transposes) once per sequence and call
+matmul at every step: x_t W, r_{t-1} U forward, dz_t U^T and dz_t W^T backward.
+matmul_add (out += a @ b) adds each step's share of the weight gradients,
+x_t^T dz_t, reading b (dz_t's slab of rows: 32-64 of them) without packing it: done
+while dz_t is in cache, this is faster than one product over the whole sequence
+after the loop, which reads every dz_t back from memory.
 
 a and b may have any strides; out is C-contiguous. With panels, each output element
 sums its products in order of k, so a row's result does not depend on how the rows

@@ -40,6 +40,10 @@ def _tanh_vector(builder, fma, x, splat):
     return clamp(builder.fdiv(builder.fmul(x, p), q), 1.0)
 
 
+def _is_float32_block(a):
+    return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.float32
+
+
 def _map_intrinsic(kind):
     """An intrinsic map(out, x): out[k] = tanh(x[k]) or σ(x[k]) for 1-D C-contiguous
     float32 arrays of one length (out may be x)."""
@@ -106,8 +110,7 @@ def _map_intrinsic(kind):
             builder.position_at_end(done)
             return context.get_dummy_value()
 
-        if not (isinstance(out, types.Array) and isinstance(x, types.Array) and out.ndim == x.ndim == 1
-                and out.layout == x.layout == "C" and out.dtype == x.dtype == types.float32):
+        if not (_is_float32_block(out) and _is_float32_block(x)):
             return None
         return types.none(out, x), codegen
 
@@ -116,10 +119,6 @@ def _map_intrinsic(kind):
 
 _tanh_float32_block = _map_intrinsic("tanh")
 _sigmoid_float32_block = _map_intrinsic("sigmoid")
-
-
-def _is_float32_block(a):
-    return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.float32
 
 
 def tanh_into(out, x):
@@ -132,23 +131,19 @@ def sigmoid_into(out, x):
     out[:] = 1.0 / (1.0 + np.exp(-x))
 
 
-@overload(tanh_into, inline="always")
-def _tanh_into_typed(out, x):
-    if _is_float32_block(out) and _is_float32_block(x):
-        return lambda out, x: _tanh_float32_block(out, x)
+def _register(stub, block, scalar):
+    """Compile calls to stub with the vector intrinsic block for float32 blocks, else
+    element by element with scalar (common.tanh or common.sigmoid)."""
+    @overload(stub, inline="always")
+    def typed(out, x):
+        if _is_float32_block(out) and _is_float32_block(x):
+            return lambda out, x: block(out, x)
 
-    def elementwise(out, x):
-        for k in range(x.shape[0]):
-            out[k] = common.tanh(x[k])
-    return elementwise
+        def elementwise(out, x):
+            for k in range(x.shape[0]):
+                out[k] = scalar(x[k])
+        return elementwise
 
 
-@overload(sigmoid_into, inline="always")
-def _sigmoid_into_typed(out, x):
-    if _is_float32_block(out) and _is_float32_block(x):
-        return lambda out, x: _sigmoid_float32_block(out, x)
-
-    def elementwise(out, x):
-        for k in range(x.shape[0]):
-            out[k] = common.sigmoid(x[k])
-    return elementwise
+_register(tanh_into, _tanh_float32_block, common.tanh)
+_register(sigmoid_into, _sigmoid_float32_block, common.sigmoid)

@@ -232,7 +232,13 @@ def matmul_add(a, b, panels, out):
     if b.shape[0] != K or b.shape[1] != N or out.shape[0] != M:
         raise ValueError("matmul_add: shapes do not match")
     if (panels is None or panels.shape[0] == 0) and N > 1 and b.strides[1] != b.itemsize:
-        b = np.ascontiguousarray(b)     # the tiles load whole vectors from b's rows
+        # The tiles load whole vectors from b's rows; strided columns (W^T, not packed
+        # because the sequence is short) go element by element, without allocating.
+        for m in range(M):
+            for k in range(K):
+                for j in range(N):
+                    out[m, j] += a[m, k] * b[k, j]
+        return
     w = 2 * VECTOR_BYTES // b.itemsize
     for p in range((N + w - 1) // w):
         col = p * w

@@ -337,9 +337,8 @@ def slab_partials(grad, n_slabs):
 
 @jit
 def add_column_sums(total, rows):
-    """total (G,) += rows (n, G) summed over its rows; nothing when total is (0,) (no bias)."""
-    if total.shape[0] == 0:
-        return
+    """total (G,) += rows (n, G) summed over its rows (G may be 0: no bias). Also for
+    the per-row accumulators of peepholes and layer-norm gains."""
     for row in range(rows.shape[0]):
         for k in range(total.shape[0]):
             total[k] += rows[row, k]
@@ -351,17 +350,6 @@ def add_slab_sums(grad, partials):
     thread count only through rounding, and not on timing."""
     for s in range(partials.shape[0]):
         grad += partials[s]
-
-
-@shared
-def sum_rows_into(out, rows):
-    """out += rows summed over its first axis: out (G,), rows (B, G). For the
-    per-row gradient accumulators of peepholes and layer-norm gains."""
-    for k in prange(out.shape[0]):
-        total = 0.0
-        for row in range(rows.shape[0]):
-            total += rows[row, k]
-        out[k] += total
 
 
 @shared

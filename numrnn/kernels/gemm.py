@@ -231,7 +231,8 @@ def matmul_add(a, b, panels, out):
     N = out.shape[1]
     if b.shape[0] != K or b.shape[1] != N or out.shape[0] != M:
         raise ValueError("matmul_add: shapes do not match")
-    if (panels is None or panels.shape[0] == 0) and N > 1 and b.strides[1] != b.itemsize:
+    packed = panels is not None and panels.shape[0] > 0
+    if not packed and N > 1 and b.strides[1] != b.itemsize:
         # The tiles load whole vectors from b's rows; strided columns (W^T, not packed
         # because the sequence is short) go element by element, without allocating.
         for m in range(M):
@@ -243,7 +244,7 @@ def matmul_add(a, b, panels, out):
     for p in range((N + w - 1) // w):
         col = p * w
         cols = min(w, N - col)
-        panel = panels[p] if panels is not None and panels.shape[0] > 0 else b[:, col:]
+        panel = panels[p] if packed else b[:, col:]
         if cols == w:
             _rows_add(out, a, panel, col, cols)
         else:

@@ -24,7 +24,7 @@ from numba import prange
 from .activations import sigmoid_into, tanh_into
 from .common import (add_column_sums, add_into, add_slab_sums, flush_subnormals, input_projection, jit, kernel,
                      layer_norm_backward, layer_norm_forward, mask_row, project_step, restore_fp_mode, slab,
-                     slab_partials, sum_rows_into)
+                     slab_partials)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -214,8 +214,8 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
     dh0[:] = dh_carry
     add_into(dh0, dh_rec)
     G = dln_gain.shape[0] * dln_gain.shape[1]
-    sum_rows_into(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
-    sum_rows_into(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
+    add_column_sums(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
+    add_column_sums(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
     add_slab_sums(dW_g, dW_g_slabs)
     add_slab_sums(dU_g, dU_g_slabs)
     add_slab_sums(db_g, db_g_slabs)

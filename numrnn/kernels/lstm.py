@@ -20,7 +20,7 @@ from numba import prange
 from .activations import sigmoid_into, tanh_into
 from .common import (add_column_sums, add_into, add_slab_sums, clip, flush_subnormals, input_projection, jit,
                      kernel, layer_norm_backward, layer_norm_forward, mask_row, project_step,
-                     restore_fp_mode, slab, slab_partials, sum_rows_into)
+                     restore_fp_mode, slab, slab_partials)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -277,10 +277,10 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
     add_slab_sums(db, db_slabs)
     add_slab_sums(dP, dP_slabs)
     G = dpeep.shape[0] * dpeep.shape[1]
-    sum_rows_into(dpeep.reshape(G), dpeep_rows.reshape((B, G)))
+    add_column_sums(dpeep.reshape(G), dpeep_rows.reshape((B, G)))
     G = dln_gain.shape[0] * dln_gain.shape[1]
-    sum_rows_into(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
-    sum_rows_into(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
+    add_column_sums(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
+    add_column_sums(dln_shift.reshape(G), dln_shift_rows.reshape((B, G)))
 
 
 # ---------------------------------------------------------------- forward only (inference)

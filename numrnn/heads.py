@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ctc
-from .kernels.losses import softmax, softmax_cross_entropy, squared_error
+from .kernels.losses import linear_softmax, softmax_cross_entropy, squared_error
 from .params import glorot_uniform
 
 
@@ -92,9 +92,8 @@ class Classify(_LinearHead):
     @staticmethod
     def predict_features(p, features):
         """Class probabilities (B, n) from the last-step features (B, D)."""
-        logits = features @ p["W"] + p["b"]
-        probs = np.empty_like(logits)
-        softmax.for_rows(probs.shape[0])(probs, logits)
+        probs = np.empty((features.shape[0], p["b"].shape[0]), features.dtype)
+        linear_softmax.for_rows(probs.shape[0])(probs, features, p["W"], p["b"])
         return probs
 
 
@@ -146,9 +145,8 @@ class Tag(_LinearHead):
         """Per-step class probabilities (T, B, n), 0 at padded steps. The output at
         step s is the prediction for the label of step s - delay."""
         T, B, D = out.shape
-        logits = out.reshape(T * B, D) @ p["W"] + p["b"]
-        probs = np.empty_like(logits)
-        softmax.for_rows(probs.shape[0])(probs, logits)
+        probs = np.empty((T * B, self.n), out.dtype)
+        linear_softmax.for_rows(probs.shape[0])(probs, out.reshape(T * B, D), p["W"], p["b"])
         probs = probs.reshape(T, B, self.n)
         probs[np.arange(T)[:, None] >= lengths[None, :]] = 0.0
         return probs

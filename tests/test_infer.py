@@ -217,6 +217,27 @@ def test_stream_state_get_set_reset_copy(cell):
     assert (stream.state["layers.1.fw.h"] == 0).all()
 
 
+def test_stream_masked_then_unmasked_steps():
+    """Steps without a mask advance every row again after masked ones, a rejected
+    step changes nothing, and integer input is taken as numbers."""
+    model = make_model("lstm", False, "classify")
+    x = np.random.default_rng(9).standard_normal((2, 4, F))
+    masks = [np.array([True, False]), None, np.array([False, True]), None]
+    stream, reference = model.stream(batch_size=2), model.stream(batch_size=2)
+    for t, active in enumerate(masks):
+        got = stream.step(x[:, t], active)
+        want = reference.step(x[:, t], np.ones(2, bool) if active is None else active)
+        np.testing.assert_array_equal(got, want)
+    state = stream.state
+    with pytest.raises(ValueError, match="non-finite value nan in row 0"):
+        stream.step(np.array([[np.nan, 0.0], [0.0, 0.0]]))
+    assert stream.steps == 4
+    for name, value in stream.state.items():
+        np.testing.assert_array_equal(value, state[name])
+    np.testing.assert_array_equal(stream.step(np.array([[1, 2], [3, 4]])),
+                                  reference.step(np.array([[1.0, 2.0], [3.0, 4.0]])))
+
+
 def test_stream_batch_one_float32():
     model = make_model("gru_ra", False, "classify", dtype=np.float32)
     x = np.random.default_rng(8).standard_normal((1, T, F)).astype(np.float32)

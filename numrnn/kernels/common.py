@@ -261,6 +261,18 @@ def reverse_within_lengths(out, x, lengths):
     return out
 
 
+@numba.njit(cache=True)
+def first_non_finite(x):
+    """(row, column) of the first value of a 2-D array that is not finite, (-1, -1)
+    if there is none: a streaming step's input check in one call (NumPy's
+    isfinite(x).all() takes two, each costing more than the check)."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            if not np.isfinite(x[i, j]):
+                return i, j
+    return -1, -1
+
+
 @jit
 def slab(s, n_slabs, n):
     """Rows [lo, hi) of slab s of n_slabs nearly equal slabs of n rows.

@@ -254,7 +254,7 @@ def predict(model, x, lengths=None, time_major=False, beam=None, chunk=CHUNK):
         raise ValueError(f"beam = {beam!r} applies only to the CTC head; this model's head is {head}")
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
-    x, lengths, _ = model._prepare(x, lengths, None, time_major)
+    x, lengths = model._checked_input(x, lengths, time_major)
     per_step = isinstance(head, (heads_module.Tag, heads_module.CTC))
     if not per_step:
         head.require_nonempty(lengths)

@@ -122,11 +122,16 @@ class SequenceModel:
 
     def _prepare(self, x, lengths, initial_state, time_major):
         """Validate; return time-major x (T, B, F), int64 lengths (B,), full state dict."""
+        x, lengths = self._checked_input(x, lengths, time_major)
+        return x, lengths, self._initial_state(initial_state, x.shape[1])
+
+    def _checked_input(self, x, lengths, time_major):
+        """Validate; return time-major x (T, B, F) and int64 lengths (B,)."""
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"x must have rank 3 ({'(T, B, F)' if time_major else '(B, T, F)'}), "
                              f"got shape {x.shape}")
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        if x.dtype.kind not in "fiu":          # float, signed or unsigned integer
             raise ValueError(f"x must hold numbers, got dtype {x.dtype}")
         if x.shape[2] != self.input_size:
             raise ValueError(f"x has {x.shape[2]} features per step, but input_size is {self.input_size}")
@@ -138,8 +143,7 @@ class SequenceModel:
             bad = np.argwhere(~np.isfinite(x))[0]
             t, b = int(bad[0]), int(bad[1])
             raise ValueError(f"x holds a non-finite value {x[t, b, bad[2]]!r} in sequence {b} at step {t}")
-        lengths = check_lengths(lengths, B, T)
-        return x, lengths, self._initial_state(initial_state, B)
+        return x, check_lengths(lengths, B, T)
 
     def _initial_state(self, initial_state, B):
         shapes = self.state_shapes

@@ -46,7 +46,7 @@ from .kernels.losses import linear_softmax
 from .kernels.lstm import lstm_infer
 from .kernels.rnn import rnn_infer
 from .layers import GRU_LN_GAINS, GRU_LN_SHIFTS, GRULayer, GRUResetAfterLayer, LSTMLayer, RNNLayer
-from .threads import pin_kernel_blas, slabs_for
+from .threads import slabs_for
 
 __all__ = ["predict", "Stream", "CHUNK"]
 
@@ -88,9 +88,7 @@ class _Runner:
         """The kernel call for one step, with every argument bound: x (1, B, F) and
         lengths (B,) are buffers the caller fills before each call, the outputs go
         to ``self.y[0]``. Saves a streaming step the cost of gathering arguments."""
-        pin_kernel_blas()
-        kernel = self.kernel.serial_build if self.n_slabs == 1 else self.kernel
-        return functools.partial(kernel, *self._args(self.y[:1], x, lengths, np.int64(0)))
+        return functools.partial(self.kernel.for_rows(self.B), *self._args(self.y[:1], x, lengths, np.int64(0)))
 
 
 class _RNN(_Runner):

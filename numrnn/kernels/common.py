@@ -229,7 +229,8 @@ class ParallelKernel:
 
     def for_rows(self, rows):
         """This kernel for a loop over ``rows`` rows: its serial build when they are
-        too few to share out between threads (threads.slabs_for)."""
+        too few to share out between threads (threads.slabs_for), called directly."""
+        pin_kernel_blas()
         return self.serial_build if slabs_for(rows) == 1 else self
 
     def __call__(self, *args):

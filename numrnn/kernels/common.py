@@ -194,6 +194,22 @@ def layer_norm_backward(dv, dgain, dshift, hat, gain, rstd):
 
 
 @jit
+def copy_into(out, a):
+    """out[:] = a for 1-D arrays of one length. Numba compiles ``out[:] = a`` with an
+    error path that formats both shapes into a message: about a second of compilation
+    in every kernel that has one."""
+    for k in range(out.shape[0]):
+        out[k] = a[k]
+
+
+@jit
+def copy_rows(out, a):
+    """out[:] = a for 2-D arrays of one shape (copy_into)."""
+    for i in range(out.shape[0]):
+        copy_into(out[i], a[i])
+
+
+@jit
 def mask_row(mask, t, row):
     """Row (t, row) of a state-dropout mask: (T, B, R), or (1, B, R) when it is the
     same at every step (variational dropout, or ones when there is no dropout:

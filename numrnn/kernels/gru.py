@@ -22,9 +22,9 @@ Time-major throughout. Steps at t >= lengths[b] output 0 and carry h unchanged.
 from numba import prange
 
 from .activations import sigmoid_into, tanh_into
-from .common import (add_column_sums, add_into, add_slab_sums, flush_subnormals, input_projection, jit, kernel,
-                     layer_norm_backward, layer_norm_forward, mask_row, project_step, restore_fp_mode, slab,
-                     slab_partials)
+from .common import (add_column_sums, add_into, add_slab_sums, copy_into, copy_rows, flush_subnormals,
+                     input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
+                     project_step, restore_fp_mode, slab, slab_partials)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -58,7 +58,7 @@ def _gru_candidate_forward(y, h_new, cand, ln_hat, ln_rstd, gates, rec, h_prev, 
     if not valid:
         cand[:] = 0.0
         y[:] = 0.0
-        h_new[:] = h_prev
+        copy_into(h_new, h_prev)
         return
     for k in range(H):
         cand[k] += rec[k]
@@ -179,7 +179,7 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
     dW_g_slabs, dU_g_slabs = slab_partials(dW_g, n_slabs), slab_partials(dU_g, n_slabs)
     dW_c_slabs, dU_c_slabs = slab_partials(dW_c, n_slabs), slab_partials(dU_c, n_slabs)
     db_g_slabs, db_c_slabs = slab_partials(db_g, n_slabs), slab_partials(db_c, n_slabs)
-    dh_carry[:] = dhT
+    copy_rows(dh_carry, dhT)
     dh_rec[:] = 0.0
     dln_gain_rows[:] = 0.0
     dln_shift_rows[:] = 0.0
@@ -211,7 +211,7 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
                 matmul_add(dz_g[t, lo:hi], W_g.T, packed_W_g_T, dx[t, lo:hi])
                 matmul_add(dz_c[t, lo:hi], W_c.T, packed_W_c_T, dx[t, lo:hi])
             restore_fp_mode(mode)
-    dh0[:] = dh_carry
+    copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)
     G = dln_gain.shape[0] * dln_gain.shape[1]
     add_column_sums(dln_gain.reshape(G), dln_gain_rows.reshape((B, G)))
@@ -234,7 +234,7 @@ def _gru_ra_step_forward(y, h_new, gates, q_c, rec, b_h, h_prev, mask, valid):
     if not valid:
         gates[:] = 0.0
         q_c[:] = 0.0
-        h_new[:] = h_prev
+        copy_into(h_new, h_prev)
         y[:] = 0.0
         return
     r_u, c = gates[:2 * H], gates[2 * H:]
@@ -305,7 +305,7 @@ def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, mask
         da_r[k] = da_c[k] * q_c[k] * r[k] * (1.0 - r[k])
     for k in range(H):
         da_u[k] = g[k] * (h_prev[k] - c[k]) * u[k] * (1.0 - u[k])
-    dq[:2 * H] = da[:2 * H]
+    copy_into(dq[:2 * H], da[:2 * H])
     for k in range(H):
         dq[2 * H + k] = da_c[k] * r[k]
     for k in range(H):
@@ -329,7 +329,7 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
     packed_U_T, packed_W_T = pack(U.T, T * B), pack(W.T, T * B if need_dx else 0)    # for matmul, once per sequence
     dW_slabs, db_x_slabs = slab_partials(dW, n_slabs), slab_partials(db_x, n_slabs)
     dU_slabs, db_h_slabs = slab_partials(dU, n_slabs), slab_partials(db_h, n_slabs)
-    dh_carry[:] = dhT
+    copy_rows(dh_carry, dhT)
     dh_rec[:] = 0.0
     for t in range(T - 1, -1, -1):
         for s in prange(n_slabs):
@@ -350,7 +350,7 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
             if need_dx:
                 matmul_add(da[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
             restore_fp_mode(mode)
-    dh0[:] = dh_carry
+    copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)
     add_slab_sums(dW, dW_slabs)
     add_slab_sums(db_x, db_x_slabs)
@@ -400,7 +400,7 @@ def gru_infer(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c
                                        t0 + t < lengths[row])
             restore_fp_mode(mode)
     if T % 2 == 1:
-        h[0] = h[1]
+        copy_rows(h[0], h[1])
 
 
 @kernel
@@ -432,4 +432,4 @@ def gru_ra_infer(y, h, gates, q_c, x, W, U, b_x, b_h, ones, lengths, t0, rec, n_
                                      ones[0, row], t0 + t < lengths[row])
             restore_fp_mode(mode)
     if T % 2 == 1:
-        h[0] = h[1]
+        copy_rows(h[0], h[1])

@@ -18,9 +18,9 @@ unchanged, so c[T], r[T] are each sequence's final state.
 from numba import prange
 
 from .activations import sigmoid_into, tanh_into
-from .common import (add_column_sums, add_into, add_slab_sums, clip, flush_subnormals, input_projection, jit,
-                     kernel, layer_norm_backward, layer_norm_forward, mask_row, project_step,
-                     restore_fp_mode, slab, slab_partials)
+from .common import (add_column_sums, add_into, add_slab_sums, clip, copy_into, copy_rows, flush_subnormals,
+                     input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
+                     project_step, restore_fp_mode, slab, slab_partials)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -40,7 +40,7 @@ def _lstm_cell_forward(m, gates, tanh_c, c_new, c_pre, ln_hat, ln_rstd, rec, c_p
         gates[:] = 0.0
         tanh_c[:] = 0.0
         m[:] = 0.0
-        c_new[:] = c_prev
+        copy_into(c_new, c_prev)
         return
     i, j, f, o = gates[:H], gates[H:2 * H], gates[2 * H:3 * H], gates[3 * H:]
     for k in range(4 * H):
@@ -236,8 +236,8 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
     proj = P.shape[0] > 0
     dW_slabs, dU_slabs, db_slabs, dP_slabs = (slab_partials(dW, n_slabs), slab_partials(dU, n_slabs),
                                               slab_partials(db, n_slabs), slab_partials(dP, n_slabs))
-    dr_carry[:] = drT
-    dc0[:] = dcT                       # running dL/dc, ends as dL/dc[0]
+    copy_rows(dr_carry, drT)
+    copy_rows(dc0, dcT)                # running dL/dc, ends as dL/dc[0]
     dr_rec[:] = 0.0
     dpeep_rows[:] = 0.0
     dln_gain_rows[:] = 0.0
@@ -270,7 +270,7 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
             if need_dx:
                 matmul_add(dz[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
             restore_fp_mode(mode)
-    dr0[:] = dr_carry
+    copy_rows(dr0, dr_carry)
     add_into(dr0, dr_rec)
     add_slab_sums(dW, dW_slabs)
     add_slab_sums(dU, dU_slabs)
@@ -330,5 +330,5 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
                                      t0 + t < lengths[row])
             restore_fp_mode(mode)
     if T % 2 == 1:
-        r[0] = r[1]
-        c[0] = c[1]
+        copy_rows(r[0], r[1])
+        copy_rows(c[0], c[1])

@@ -8,8 +8,9 @@ length is 0).
 from numba import prange
 
 from .activations import tanh_into
-from .common import (add_column_sums, add_into, add_slab_sums, flush_subnormals, input_projection, jit, kernel,
-                     mask_row, project_step, relu, restore_fp_mode, slab, slab_partials)
+from .common import (add_column_sums, add_into, add_slab_sums, copy_into, copy_rows, flush_subnormals,
+                     input_projection, jit, kernel, mask_row, project_step, relu, restore_fp_mode, slab,
+                     slab_partials)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -18,7 +19,7 @@ def _rnn_step_forward(y, h_new, z, rec, h_prev, mask, valid, use_relu):
     """One row of one step: y = act(z + rec), h_new = y * mask; padded: y = 0, h carried."""
     H = h_prev.shape[0]
     if not valid:
-        h_new[:] = h_prev
+        copy_into(h_new, h_prev)
         y[:] = 0.0
         return
     for k in range(H):
@@ -104,7 +105,7 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
     T, B, _ = x.shape
     packed_U_T, packed_W_T = pack(U.T, T * B), pack(W.T, T * B if need_dx else 0)    # for matmul, once per sequence
     dW_slabs, dU_slabs, db_slabs = slab_partials(dW, n_slabs), slab_partials(dU, n_slabs), slab_partials(db, n_slabs)
-    dh_carry[:] = dhT
+    copy_rows(dh_carry, dhT)
     dh_rec[:] = 0.0
     for t in range(T - 1, -1, -1):
         for s in prange(n_slabs):
@@ -123,7 +124,7 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
             if need_dx:
                 matmul_add(dz[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
             restore_fp_mode(mode)
-    dh0[:] = dh_carry
+    copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)
     add_slab_sums(dW, dW_slabs)
     add_slab_sums(dU, dU_slabs)
@@ -163,4 +164,4 @@ def rnn_infer(y, h, x, W, U, b, lengths, t0, use_relu, z, rec, ones, n_slabs):
                                   t0 + t < lengths[row], use_relu)
             restore_fp_mode(mode)
     if T % 2 == 1:
-        h[0] = h[1]
+        copy_rows(h[0], h[1])

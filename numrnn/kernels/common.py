@@ -24,6 +24,13 @@ from .gemm import matmul
 # which removes a branch per division and lets LLVM vectorise the gate loops.
 jit = numba.njit(cache=True, inline="always", error_model="numpy")
 
+# The parallel builds run their prange loops on Numba's threads and nothing else: by
+# default Numba also makes each whole-array statement (x[:] = 0.0, np.zeros, +=) a
+# parallel region, each compiled on its own (seconds of compilation per kernel) to
+# share out a few kilobytes of work. ParallelOptions consumes the dict it is given.
+_PRANGE_ONLY = {"comprehension": False, "reduction": False, "inplace_binop": False, "setitem": False,
+                "numpy": False, "stencil": False, "fusion": False}
+
 
 # tanh(x) = x P(x^2) / Q(x^2), the 12th convergent of Lambert's continued fraction
 # x / (1 + x^2 / (3 + x^2 / (5 + ...))), with |x| clamped to 9 where tanh rounds to
@@ -233,7 +240,7 @@ class ParallelKernel:
 
     def __init__(self, fn):
         self.py_func = fn
-        self.parallel_build = numba.njit(parallel=True, cache=True, error_model="numpy")(fn)
+        self.parallel_build = numba.njit(parallel=dict(_PRANGE_ONLY), cache=True, error_model="numpy")(fn)
         serial_fn = types_module.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
                                               fn.__closure__)
         serial_fn.__qualname__ = fn.__qualname__ + "_serial"
@@ -309,7 +316,7 @@ def slab(s, n_slabs, n):
 # The passes after the time loop are compiled once, on their own, and
 # called by every cell's kernels: inlined, each kernel would compile its own copy (and
 # cold compilation would take twice as long).
-shared = numba.njit(parallel=True, cache=True, error_model="numpy")
+shared = numba.njit(parallel=dict(_PRANGE_ONLY), cache=True, error_model="numpy")
 
 
 @jit

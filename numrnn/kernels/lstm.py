@@ -10,7 +10,10 @@
 r_t is the output and the recurrent state; with state dropout the state passed
 to step t+1 is r_t times that step's mask. An option is off when its parameter
 array is empty (peep (0, H), P (0, 0), ln_gain (0, H)) or its clip is 0; the
-workspaces it would need then have an empty last axis.
+workspaces it would need then have an empty last axis. peep and ln_gain (with
+ln_shift) may also be None, which compiles the kernels without their code (Numba
+drops a branch on ``x is not None`` before typing when x is None): the usual LSTM,
+without either, compiles in less time.
 
 Time-major throughout. Steps at t >= lengths[b] output 0 and carry (c, r)
 unchanged, so c[T], r[T] are each sequence's final state.
@@ -45,11 +48,11 @@ def _lstm_cell_forward(m, gates, tanh_c, c_new, c_pre, ln_hat, ln_rstd, rec, c_p
     i, j, f, o = gates[:H], gates[H:2 * H], gates[2 * H:3 * H], gates[3 * H:]
     for k in range(4 * H):
         gates[k] += rec[k]
-    if ln_gain.shape[0] > 0:
+    if ln_gain is not None and ln_gain.shape[0] > 0:
         for g in range(4):
             ln_rstd[g] = layer_norm_forward(gates[g * H:(g + 1) * H], ln_hat[g * H:(g + 1) * H],
                                             ln_gain[g], ln_shift[g])
-    if peep.shape[0] > 0:
+    if peep is not None and peep.shape[0] > 0:
         for k in range(H):
             i[k] += peep[0, k] * c_prev[k]
             f[k] += peep[1, k] * c_prev[k]
@@ -60,13 +63,13 @@ def _lstm_cell_forward(m, gates, tanh_c, c_new, c_pre, ln_hat, ln_rstd, rec, c_p
     sigmoid_into(f, f)
     for k in range(H):
         c_new[k] = f[k] * c_prev[k] + i[k] * j[k]
-    if ln_gain.shape[0] > 0:
+    if ln_gain is not None and ln_gain.shape[0] > 0:
         ln_rstd[4] = layer_norm_forward(c_new, ln_hat[4 * H:], ln_gain[4], ln_shift[4])
     if cell_clip > 0.0:
         for k in range(H):
             c_pre[k] = c_new[k]
             c_new[k] = clip(c_new[k], cell_clip)
-    if peep.shape[0] > 0:
+    if peep is not None and peep.shape[0] > 0:
         for k in range(H):
             o[k] += peep[2, k] * c_new[k]
     sigmoid_into(o, o)
@@ -181,7 +184,7 @@ def _lstm_cell_backward(dz, dc, dpeep, dln_gain, dln_shift, dm, gates, tanh_c, c
         dzo[k] = dm[k] * tanh_c[k] * o[k] * (1.0 - o[k])
     for k in range(H):
         dc[k] += dm[k] * o[k] * (1.0 - tanh_c[k] * tanh_c[k])
-    if peep.shape[0] > 0:
+    if peep is not None and peep.shape[0] > 0:
         for k in range(H):
             dc[k] += dzo[k] * peep[2, k]
             dpeep[2, k] += dzo[k] * c_new[k]
@@ -189,7 +192,7 @@ def _lstm_cell_backward(dz, dc, dpeep, dln_gain, dln_shift, dm, gates, tanh_c, c
         for k in range(H):
             if abs(c_pre[k]) > cell_clip:
                 dc[k] = 0.0
-    if ln_gain.shape[0] > 0:
+    if ln_gain is not None and ln_gain.shape[0] > 0:
         layer_norm_backward(dc, dln_gain[4], dln_shift[4], ln_hat[4 * H:], ln_gain[4], ln_rstd[4])
     for k in range(H):
         dzi[k] = dc[k] * j[k] * i[k] * (1.0 - i[k])
@@ -199,12 +202,12 @@ def _lstm_cell_backward(dz, dc, dpeep, dln_gain, dln_shift, dm, gates, tanh_c, c
         dzf[k] = dc[k] * c_prev[k] * f[k] * (1.0 - f[k])
     for k in range(H):
         dc[k] *= f[k]
-    if peep.shape[0] > 0:
+    if peep is not None and peep.shape[0] > 0:
         for k in range(H):
             dc[k] += dzi[k] * peep[0, k] + dzf[k] * peep[1, k]
             dpeep[0, k] += dzi[k] * c_prev[k]
             dpeep[1, k] += dzf[k] * c_prev[k]
-    if ln_gain.shape[0] > 0:
+    if ln_gain is not None and ln_gain.shape[0] > 0:
         for g in range(4):
             layer_norm_backward(dz[g * H:(g + 1) * H], dln_gain[g], dln_shift[g], ln_hat[g * H:(g + 1) * H],
                                 ln_gain[g], ln_rstd[g])

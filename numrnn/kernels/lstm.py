@@ -112,6 +112,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             i, j, f, o, c and their 1/std.
         x: (T, B, F).  W (F, 4H), U (R, 4H), b (4H,) or (0,) with layer norm.
         peep: (3, H) p_i, p_f, p_o.  P: (H, proj).  ln_gain, ln_shift: (5, H) for i, j, f, o, c.
+            peep, ln_gain and ln_shift may be None (module docstring).
         state_mask: (T, B, R) state-dropout mask, or (1, B, R).
         lengths: (B,) int.  forget_bias, cell_clip, proj_clip: floats (clips: 0 = off).
         rec: (B, 4H) workspace for r_{t-1} U.

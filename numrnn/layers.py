@@ -178,10 +178,11 @@ class LSTMLayer(Recurrent):
         model's dtype, so that float32 arithmetic stays float32)."""
         spec = self.spec
         P = self.p["P"] if spec.proj else np.zeros((0, 0), self.dtype)
-        peep, ln_gain, ln_shift = (self._stacked(LSTM_PEEPHOLES, spec.peepholes),
-                                   self._stacked(LSTM_LN_GAINS, spec.layer_norm),
-                                   self._stacked(LSTM_LN_SHIFTS, spec.layer_norm))
-        if not (spec.peepholes or spec.layer_norm):
+        if spec.peepholes or spec.layer_norm:
+            peep, ln_gain, ln_shift = (self._stacked(LSTM_PEEPHOLES, spec.peepholes),
+                                       self._stacked(LSTM_LN_GAINS, spec.layer_norm),
+                                       self._stacked(LSTM_LN_SHIFTS, spec.layer_norm))
+        else:
             # None: the kernels' build without the code of either (kernels/lstm.py). Any
             # other LSTM shares the build that has it.
             peep = ln_gain = ln_shift = None
@@ -202,9 +203,9 @@ class LSTMLayer(Recurrent):
         peep, P, ln_gain, _, cell_clip, proj_clip = self._packed()
         db = self._empty_bias() if spec.layer_norm else g["b"]
         dP = g["P"] if spec.proj else np.zeros((0, 0), self.dtype)
-        ln = 5 if spec.layer_norm else 0
-        dpeep = np.zeros((3 if spec.peepholes else 0, self.hidden), self.dtype)
-        dln_gain, dln_shift = np.zeros((ln, self.hidden), self.dtype), np.zeros((ln, self.hidden), self.dtype)
+        # The kernel sums each row's share (the *_rows workspaces) into these.
+        dpeep = np.zeros(ws["dpeep_rows"].shape[1:], self.dtype)
+        dln_gain, dln_shift = (np.zeros(ws["dln_gain_rows"].shape[1:], self.dtype) for _ in range(2))
         lstm_backward(dx, dstate0["h"], dstate0["c"], g["W"], g["U"], db, dpeep, dP, dln_gain, dln_shift,
                       dy, dstate_T["h"], dstate_T["c"], ws["h"], ws["c"], ws["gates"], ws["tanh_c"], ws["m"],
                       ws["c_pre"], ws["r_pre"], ws["ln_hat"], ws["ln_rstd"], self.x, p["W"], p["U"], peep, P,

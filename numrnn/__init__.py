@@ -12,6 +12,10 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ["GOMP_SPINCOUNT"] = "1000"
 
+from .memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
+
 from . import ctc, heads, infer, interop  # noqa: E402
 from .cells import GRU, LSTM, RNN, Dropout  # noqa: E402
 from .model import SequenceModel  # noqa: E402

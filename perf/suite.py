@@ -29,11 +29,13 @@ How a case is measured
 PyTorch default runs in this process, imported before numrnn so that numrnn's
 ``OMP_WAIT_POLICY=PASSIVE`` does not reach torch's OpenMP runtime; before each
 case the suite checks that subnormal arithmetic is not flushed in torch's
-threads here. PyTorch at its best (``torch.set_flush_denormal(True)`` set before
-its thread pool starts, fused Adam) runs in a worker process driven over a pipe
-(perf.worker), because flush-to-zero is inherited by threads created afterwards
-and would change the state of the threads that run numrnn and torch-default here.
-The worker only computes when asked, so the alternation holds across processes.
+threads here. It does run with numrnn's allocator thresholds (numrnn.memory, set
+in glibc for the whole process), which can only spare it page faults. PyTorch at
+its best (``torch.set_flush_denormal(True)`` set before its thread pool starts,
+fused Adam) runs in a worker process driven over a pipe (perf.worker), because
+flush-to-zero is inherited by threads created afterwards and would change the
+state of the threads that run numrnn and torch-default here. The worker only
+computes when asked, so the alternation holds across processes.
 
 Threads: for each count in ``--threads``, numrnn's Numba threads and BLAS
 (numrnn_cli.threads.set_num_threads) and ``torch.set_num_threads`` in both

@@ -5,9 +5,10 @@ dx an upper layer hands down, the kernels' packed weights and per-slab gradients
 glibc returns such blocks to the kernel (a block over its mmap threshold, 128 KiB
 and raised as big blocks are freed, is unmapped; the top of the heap is released
 once more than twice the threshold is free there), and the next step faults every
-page back in: in a 2-layer row-MNIST model about 1,500 minor faults a step, a fifth
-of a GRU step's time (PERF_NOTES.md, trap 4). Here blocks up to 32 MiB come from the
-heap, and up to 128 MiB of free heap is kept: the step then reuses its own pages.
+page back in: in a 2-layer row-MNIST model about 1,500 minor faults a step, at about
+2 us each on a virtual machine 3 ms of a 40-50 ms step (PERF_NOTES.md, trap 4). Here
+blocks up to 32 MiB come from the heap, and up to 128 MiB of free heap is kept: the
+step then reuses its own pages.
 """
 import ctypes
 import ctypes.util

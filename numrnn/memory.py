@@ -11,7 +11,6 @@ blocks up to 32 MiB come from the heap, and up to 128 MiB of free heap is kept: 
 step then reuses its own pages.
 """
 import ctypes
-import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD = -1      # mallopt parameters (malloc.h)
@@ -30,10 +29,10 @@ def keep_freed_memory():
     if any(name in os.environ for name in _USER_SETTINGS):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version      # glibc only: musl and macOS have no such thresholds
-    except (OSError, AttributeError):
+        process = ctypes.CDLL(None)         # the C library Python runs on
+        mallopt = process.mallopt
+        process.gnu_get_libc_version        # glibc only: musl and macOS have no such thresholds
+    except (OSError, AttributeError, TypeError):     # TypeError: Windows has no CDLL(None)
         return False
     # Both at once: setting either turns off glibc's own adjustment of both.
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

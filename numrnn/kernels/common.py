@@ -43,7 +43,12 @@ _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6 = (np.float32(c / 7905853580625.0) for c in
                                      (7905853580625, 3794809718700, 252070693875, 5237832600, 41351310, 120120, 91))
 _TANH_CLAMP = np.float32(9.0)
 _HALF = np.float32(0.5)
-_ONE = np.float32(1.0)
+
+# 1 and 0 for the kernels' arithmetic: a Python float is a float64, and 1.0 - x (or a
+# variable that is 0.0 on one branch) makes a float32 kernel's loop compute in float64,
+# converting each element there and back. float32 constants keep float32 arithmetic
+# float32; a float64 kernel widens them exactly.
+ONE, ZERO = np.float32(1.0), np.float32(0.0)
 
 
 @jit
@@ -53,7 +58,7 @@ def tanh_float32(x):
     p = _P0 + s * (_P1 + s * (_P2 + s * (_P3 + s * (_P4 + s * (_P5 + s * _P6)))))
     q = _Q0 + s * (_Q1 + s * (_Q2 + s * (_Q3 + s * (_Q4 + s * (_Q5 + s * _Q6)))))
     t = x * p / q
-    return min(max(t, -_ONE), _ONE)     # rounding can overshoot 1 by an ulp
+    return min(max(t, -ONE), ONE)     # rounding can overshoot 1 by an ulp
 
 
 def tanh(x):
@@ -148,7 +153,7 @@ def restore_fp_mode(mode):
 
 @jit
 def relu(x):
-    return x if x > 0.0 else 0.0
+    return x if x > ZERO else ZERO
 
 
 @jit

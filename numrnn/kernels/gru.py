@@ -22,7 +22,7 @@ Time-major throughout. Steps at t >= lengths[b] output 0 and carry h unchanged.
 from numba import prange
 
 from .activations import sigmoid_into, tanh_into
-from .common import (add_column_sums, add_into, add_slab_sums, copy_into, copy_rows, flush_subnormals,
+from .common import (ONE, add_column_sums, add_into, add_slab_sums, copy_into, copy_rows, flush_subnormals,
                      input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
                      project_step, restore_fp_mode, slab, slab_partials)
 from .gemm import matmul, matmul_add, pack
@@ -67,7 +67,7 @@ def _gru_candidate_forward(y, h_new, cand, ln_hat, ln_rstd, gates, rec, h_prev, 
     u = gates[H:]
     tanh_into(cand, cand)
     for k in range(H):
-        y[k] = u[k] * h_prev[k] + (1.0 - u[k]) * cand[k]
+        y[k] = u[k] * h_prev[k] + (ONE - u[k]) * cand[k]
     for k in range(H):
         h_new[k] = y[k] * mask[k]
 
@@ -131,8 +131,8 @@ def _gru_candidate_backward(dz_c, dz_g, dln_gain, dln_shift, dh_carry, dh_rec, d
     for k in range(H):
         g = (dh_carry[k] + dh_rec[k]) * mask[k] + dy[k]
         u, c = gates[H + k], cand[k]
-        dz_c[k] = g * (1.0 - u) * (1.0 - c * c)
-        dz_g[H + k] = g * (h_prev[k] - c) * u * (1.0 - u)
+        dz_c[k] = g * (ONE - u) * (ONE - c * c)
+        dz_g[H + k] = g * (h_prev[k] - c) * u * (ONE - u)
         dh_carry[k] = g * u
     if ln_gain.shape[0] > 0:
         layer_norm_backward(dz_c, dln_gain[2], dln_shift[2], ln_hat[2 * H:], ln_gain[2], ln_rstd[2])
@@ -148,7 +148,7 @@ def _gru_gates_backward(dz_g, dln_gain, dln_shift, dh_carry, d_rh, gates, ln_hat
         return
     for k in range(H):
         r = gates[k]
-        dz_g[k] = d_rh[k] * h_prev[k] * r * (1.0 - r)
+        dz_g[k] = d_rh[k] * h_prev[k] * r * (ONE - r)
         dh_carry[k] += d_rh[k] * r
     if ln_gain.shape[0] > 0:
         for g in range(2):
@@ -247,7 +247,7 @@ def _gru_ra_step_forward(y, h_new, gates, q_c, rec, b_h, h_prev, mask, valid):
     tanh_into(c, c)
     u = gates[H:2 * H]
     for k in range(H):
-        y[k] = u[k] * h_prev[k] + (1.0 - u[k]) * c[k]
+        y[k] = u[k] * h_prev[k] + (ONE - u[k]) * c[k]
         h_new[k] = y[k] * mask[k]
 
 
@@ -300,11 +300,11 @@ def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, mask
     for k in range(H):
         g[k] = g[k] * mask[k] + dy[k]
     for k in range(H):
-        da_c[k] = g[k] * (1.0 - u[k]) * (1.0 - c[k] * c[k])
+        da_c[k] = g[k] * (ONE - u[k]) * (ONE - c[k] * c[k])
     for k in range(H):
-        da_r[k] = da_c[k] * q_c[k] * r[k] * (1.0 - r[k])
+        da_r[k] = da_c[k] * q_c[k] * r[k] * (ONE - r[k])
     for k in range(H):
-        da_u[k] = g[k] * (h_prev[k] - c[k]) * u[k] * (1.0 - u[k])
+        da_u[k] = g[k] * (h_prev[k] - c[k]) * u[k] * (ONE - u[k])
     copy_into(dq[:2 * H], da[:2 * H])
     for k in range(H):
         dq[2 * H + k] = da_c[k] * r[k]

@@ -21,8 +21,8 @@ unchanged, so c[T], r[T] are each sequence's final state.
 from numba import prange
 
 from .activations import sigmoid_into, tanh_into
-from .common import (add_column_sums, add_into, add_slab_sums, clip, copy_into, copy_rows, flush_subnormals,
-                     input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
+from .common import (ONE, ZERO, add_column_sums, add_into, add_slab_sums, clip, copy_into, copy_rows,
+                     flush_subnormals, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
                      project_step, restore_fp_mode, slab, slab_partials)
 from .gemm import matmul, matmul_add, pack
 
@@ -164,7 +164,7 @@ def _lstm_output_backward(dr, dr_carry, dr_rec, dy, r_pre, mask, proj_clip, vali
             continue
         d = d * mask[k] + dy[k]
         if proj_clip > 0.0 and abs(r_pre[k]) > proj_clip:
-            d = 0.0
+            d = ZERO
         dr[k] = d
         dr_carry[k] = 0.0
 
@@ -182,9 +182,9 @@ def _lstm_cell_backward(dz, dc, dpeep, dln_gain, dln_shift, dm, gates, tanh_c, c
     i, j, f, o = gates[:H], gates[H:2 * H], gates[2 * H:3 * H], gates[3 * H:]
     dzi, dzj, dzf, dzo = dz[:H], dz[H:2 * H], dz[2 * H:3 * H], dz[3 * H:]
     for k in range(H):
-        dzo[k] = dm[k] * tanh_c[k] * o[k] * (1.0 - o[k])
+        dzo[k] = dm[k] * tanh_c[k] * o[k] * (ONE - o[k])
     for k in range(H):
-        dc[k] += dm[k] * o[k] * (1.0 - tanh_c[k] * tanh_c[k])
+        dc[k] += dm[k] * o[k] * (ONE - tanh_c[k] * tanh_c[k])
     if peep is not None and peep.shape[0] > 0:
         for k in range(H):
             dc[k] += dzo[k] * peep[2, k]
@@ -196,11 +196,11 @@ def _lstm_cell_backward(dz, dc, dpeep, dln_gain, dln_shift, dm, gates, tanh_c, c
     if ln_gain is not None and ln_gain.shape[0] > 0:
         layer_norm_backward(dc, dln_gain[4], dln_shift[4], ln_hat[4 * H:], ln_gain[4], ln_rstd[4])
     for k in range(H):
-        dzi[k] = dc[k] * j[k] * i[k] * (1.0 - i[k])
+        dzi[k] = dc[k] * j[k] * i[k] * (ONE - i[k])
     for k in range(H):
-        dzj[k] = dc[k] * i[k] * (1.0 - j[k] * j[k])
+        dzj[k] = dc[k] * i[k] * (ONE - j[k] * j[k])
     for k in range(H):
-        dzf[k] = dc[k] * c_prev[k] * f[k] * (1.0 - f[k])
+        dzf[k] = dc[k] * c_prev[k] * f[k] * (ONE - f[k])
     for k in range(H):
         dc[k] *= f[k]
     if peep is not None and peep.shape[0] > 0:

@@ -8,7 +8,7 @@ length is 0).
 from numba import prange
 
 from .activations import tanh_into
-from .common import (add_column_sums, add_into, add_slab_sums, copy_into, copy_rows, flush_subnormals,
+from .common import (ONE, ZERO, add_column_sums, add_into, add_slab_sums, copy_into, copy_rows, flush_subnormals,
                      input_projection, jit, kernel, mask_row, project_step, relu, restore_fp_mode, slab,
                      slab_partials)
 from .gemm import matmul, matmul_add, pack
@@ -82,9 +82,9 @@ def _rnn_step_backward(dz, dh_carry, dh_rec, dy, y, mask, valid, use_relu):
             continue
         g = g * mask[k] + dy[k]
         if use_relu:
-            dz[k] = g if y[k] > 0.0 else 0.0
+            dz[k] = g if y[k] > ZERO else ZERO
         else:
-            dz[k] = g * (1.0 - y[k] * y[k])
+            dz[k] = g * (ONE - y[k] * y[k])
         dh_carry[k] = 0.0
 
 

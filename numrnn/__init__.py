@@ -4,9 +4,9 @@ import os
 # Numba's OpenMP workers busy-wait after each parallel region and starve any
 # other thread pool on the machine (NumPy's BLAS, a second process); passive
 # waiting avoids a 10-50x slowdown under contention. A worker that sleeps at once,
-# though, takes 15 us to wake for the next step's region, so GNU OpenMP's workers
-# first spin for 1,000 pauses (tens of microseconds; the region then starts in
-# 2 us), too short to starve anyone. Both must be set before the first parallel
+# though, takes 15 us to wake for the next region, so GNU OpenMP's workers first
+# spin for 1,000 pauses (tens of microseconds; a region that follows at once then
+# starts in 2 us), too short to starve anyone. Both must be set before the first parallel
 # kernel starts the thread pool; a user's own setting of either is kept.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

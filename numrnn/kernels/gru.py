@@ -95,12 +95,12 @@ def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U
     T, B, _ = x.shape
     packed_W_g, packed_U_g = pack(W_g, T * B), pack(U_g, T * B)    # for matmul, once per sequence
     packed_W_c, packed_U_c = pack(W_c, T * B), pack(U_c, T * B)
-    for t in range(T):
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T):
             project_step(gates[t, lo:hi], x[t, lo:hi], W_g, packed_W_g, b_g)
             project_step(cand[t, lo:hi], x[t, lo:hi], W_c, packed_W_c, b_c)
             matmul(h[t, lo:hi], U_g, packed_U_g, rec_g[lo:hi])
@@ -112,7 +112,7 @@ def gru_forward(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U
                 _gru_candidate_forward(y[t, row], h[t + 1, row], cand[t, row], ln_hat[t, row], ln_rstd[t, row],
                                        gates[t, row], rec_c[row], h[t, row], ln_gain, ln_shift,
                                        mask_row(state_mask, t, row), t < lengths[row])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
 
 
 @jit
@@ -183,12 +183,12 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
     dh_rec[:] = 0.0
     dln_gain_rows[:] = 0.0
     dln_shift_rows[:] = 0.0
-    for t in range(T - 1, -1, -1):
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T - 1, -1, -1):
             for row in range(lo, hi):
                 _gru_candidate_backward(dz_c[t, row], dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row],
                                         dh_carry[row], dh_rec[row], dy[t, row], gates[t, row], cand[t, row],
@@ -210,7 +210,7 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
             if need_dx:
                 matmul_add(dz_g[t, lo:hi], W_g.T, packed_W_g_T, dx[t, lo:hi])
                 matmul_add(dz_c[t, lo:hi], W_c.T, packed_W_c_T, dx[t, lo:hi])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
     copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)
     G = dln_gain.shape[0] * dln_gain.shape[1]
@@ -268,18 +268,18 @@ def gru_ra_forward(y, h, gates, q_c, x, W, U, b_x, b_h, state_mask, lengths, rec
     """
     T, B, _ = x.shape
     packed_W, packed_U = pack(W, T * B), pack(U, T * B)    # for matmul, once per sequence
-    for t in range(T):
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T):
             project_step(gates[t, lo:hi], x[t, lo:hi], W, packed_W, b_x)
             matmul(h[t, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _gru_ra_step_forward(y[t, row], h[t + 1, row], gates[t, row], q_c[t, row], rec[row], b_h,
                                      h[t, row], mask_row(state_mask, t, row), t < lengths[row])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
 
 
 @jit
@@ -331,12 +331,12 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
     dU_slabs, db_h_slabs = slab_partials(dU, n_slabs), slab_partials(db_h, n_slabs)
     copy_rows(dh_carry, dhT)
     dh_rec[:] = 0.0
-    for t in range(T - 1, -1, -1):
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T - 1, -1, -1):
             for row in range(lo, hi):
                 _gru_ra_step_backward(da[t, row], dq[t, row], dh_carry[row], dh_rec[row], dy[t, row],
                                       gates[t, row], q_c[t, row], h[t, row], mask_row(state_mask, t, row),
@@ -349,7 +349,7 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
             add_column_sums(db_h_slabs[s], dq[t, lo:hi])
             if need_dx:
                 matmul_add(da[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
     copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)
     add_slab_sums(dW, dW_slabs)
@@ -382,13 +382,13 @@ def gru_infer(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c
     packed_U_g, packed_U_c = pack(U_g, T * B), pack(U_c, T * B)    # for matmul, once per sequence
     input_projection(gates, x, W_g, b_g, n_slabs)
     input_projection(cand, x, W_c, b_c, n_slabs)
-    for t in range(T):
-        cur, nxt = t % 2, (t + 1) % 2
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T):
+            cur, nxt = t % 2, (t + 1) % 2
             matmul(h[cur, lo:hi], U_g, packed_U_g, rec_g[lo:hi])
             for row in range(lo, hi):
                 _gru_gates_forward(gates[t, row], rh[row], ln_hat[row], ln_rstd[row], rec_g[row], h[cur, row],
@@ -398,7 +398,7 @@ def gru_infer(y, h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, b_g, W_c, U_c
                 _gru_candidate_forward(y[t, row], h[nxt, row], cand[t, row], ln_hat[row], ln_rstd[row],
                                        gates[t, row], rec_c[row], h[cur, row], ln_gain, ln_shift, ones[0, row],
                                        t0 + t < lengths[row])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
     if T % 2 == 1:
         copy_rows(h[0], h[1])
 
@@ -419,17 +419,17 @@ def gru_ra_infer(y, h, gates, q_c, x, W, U, b_x, b_h, ones, lengths, t0, rec, n_
     T, B, _ = x.shape
     packed_U = pack(U, T * B)    # for matmul, once per sequence
     input_projection(gates, x, W, b_x, n_slabs)
-    for t in range(T):
-        cur, nxt = t % 2, (t + 1) % 2
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T):
+            cur, nxt = t % 2, (t + 1) % 2
             matmul(h[cur, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _gru_ra_step_forward(y[t, row], h[nxt, row], gates[t, row], q_c[row], rec[row], b_h, h[cur, row],
                                      ones[0, row], t0 + t < lengths[row])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
     if T % 2 == 1:
         copy_rows(h[0], h[1])

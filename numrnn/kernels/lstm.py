@@ -127,12 +127,12 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
     T, B, _ = x.shape
     packed_W, packed_U, packed_P = pack(W, T * B), pack(U, T * B), pack(P, T * B)    # once per sequence
     proj = P.shape[0] > 0
-    for t in range(T):
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T):
             project_step(gates[t, lo:hi], x[t, lo:hi], W, packed_W, b)
             matmul(r[t, lo:hi], U, packed_U, rec[lo:hi])
             # Without projection m_t is r_t: the cell writes it straight into y.
@@ -146,7 +146,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             for row in range(lo, hi):
                 _lstm_output_forward(y[t, row], r[t + 1, row], r_pre[t, row], r[t, row],
                                      mask_row(state_mask, t, row), proj_clip, t < lengths[row])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
 
 
 @jit
@@ -246,12 +246,12 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
     dpeep_rows[:] = 0.0
     dln_gain_rows[:] = 0.0
     dln_shift_rows[:] = 0.0
-    for t in range(T - 1, -1, -1):
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T - 1, -1, -1):
             # dL/dr_t lands in dr (then dm = dr P^T) with projection, else straight in dm.
             dr_out = dr[t] if proj else dm
             for row in range(lo, hi):
@@ -273,7 +273,7 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
                 matmul_add(m[t, lo:hi].T, dr[t, lo:hi], None, dP_slabs[s])
             if need_dx:
                 matmul_add(dz[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
     copy_rows(dr0, dr_carry)
     add_into(dr0, dr_rec)
     add_slab_sums(dW, dW_slabs)
@@ -314,13 +314,13 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
     packed_U, packed_P = pack(U, T * B), pack(P, T * B)    # for matmul, once per sequence
     proj = P.shape[0] > 0
     input_projection(gates, x, W, b, n_slabs)
-    for t in range(T):
-        cur, nxt = t % 2, (t + 1) % 2
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T):
+            cur, nxt = t % 2, (t + 1) % 2
             matmul(r[cur, lo:hi], U, packed_U, rec[lo:hi])
             m_out = m if proj else y[t]
             for row in range(lo, hi):
@@ -332,7 +332,7 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             for row in range(lo, hi):
                 _lstm_output_forward(y[t, row], r[nxt, row], r_pre[row], r[cur, row], ones[0, row], proj_clip,
                                      t0 + t < lengths[row])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
     if T % 2 == 1:
         copy_rows(r[0], r[1])
         copy_rows(c[0], c[1])

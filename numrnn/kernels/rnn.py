@@ -54,18 +54,18 @@ def rnn_forward(y, h, x, W, U, b, state_mask, lengths, use_relu, z, rec, n_slabs
     """
     T, B, _ = x.shape
     packed_W, packed_U = pack(W, T * B), pack(U, T * B)    # for matmul, once per sequence
-    for t in range(T):
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T):
             project_step(z[t, lo:hi], x[t, lo:hi], W, packed_W, b)
             matmul(h[t, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _rnn_step_forward(y[t, row], h[t + 1, row], z[t, row], rec[row], h[t, row],
                                   mask_row(state_mask, t, row), t < lengths[row], use_relu)
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
 
 
 @jit
@@ -107,12 +107,12 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
     dW_slabs, dU_slabs, db_slabs = slab_partials(dW, n_slabs), slab_partials(dU, n_slabs), slab_partials(db, n_slabs)
     copy_rows(dh_carry, dhT)
     dh_rec[:] = 0.0
-    for t in range(T - 1, -1, -1):
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            if hi == lo:
-                continue
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
+        mode = flush_subnormals()
+        for t in range(T - 1, -1, -1):
             for row in range(lo, hi):
                 _rnn_step_backward(dz[t, row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
                                    mask_row(state_mask, t, row), t < lengths[row], use_relu)
@@ -123,7 +123,7 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
             add_column_sums(db_slabs[s], dz[t, lo:hi])
             if need_dx:
                 matmul_add(dz[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
     copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)
     add_slab_sums(dW, dW_slabs)
@@ -152,16 +152,16 @@ def rnn_infer(y, h, x, W, U, b, lengths, t0, use_relu, z, rec, ones, n_slabs):
     T, B, _ = x.shape
     packed_U = pack(U, T * B)    # for matmul, once per sequence
     input_projection(z, x, W, b, n_slabs)
-    for t in range(T):
-        cur, nxt = t % 2, (t + 1) % 2
-        for s in prange(n_slabs):
-            lo, hi = slab(s, n_slabs, B)
-            mode = flush_subnormals()
+    for s in prange(n_slabs):
+        lo, hi = slab(s, n_slabs, B)
+        mode = flush_subnormals()
+        for t in range(T):
+            cur, nxt = t % 2, (t + 1) % 2
             if hi > lo:
                 matmul(h[cur, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _rnn_step_forward(y[t, row], h[nxt, row], z[t, row], rec[row], h[cur, row], ones[0, row],
                                   t0 + t < lengths[row], use_relu)
-            restore_fp_mode(mode)
+        restore_fp_mode(mode)
     if T % 2 == 1:
         copy_rows(h[0], h[1])

@@ -309,9 +309,11 @@ def slab(s, n_slabs, n):
     Kernels run one slab per Numba thread (n_slabs is the thread count, passed in
     by the caller: a kernel that asks Numba for it cannot be cached): each thread
     does the products (gemm.matmul, or single-threaded BLAS) and the gate math of its
-    own rows, so one thread pool does all the work (PERF_NOTES.md, trap 2) and each
-    step is a single parallel region. Results depend on n_slabs only through the
-    rounding of the weight gradients, summed per slab (slab_partials).
+    own rows, so one thread pool does all the work (PERF_NOTES.md, trap 2). A row's
+    recurrence involves no other row, so each thread takes its slab through every
+    step: one parallel region per kernel call, and no barrier between steps, where
+    the slower thread held the other back. Results depend on n_slabs only through
+    the rounding of the weight gradients, summed per slab (slab_partials).
     """
     per = (n + n_slabs - 1) // n_slabs
     lo = min(n, s * per)

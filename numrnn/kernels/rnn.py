@@ -154,11 +154,12 @@ def rnn_infer(y, h, x, W, U, b, lengths, t0, use_relu, z, rec, ones, n_slabs):
     input_projection(z, x, W, b, n_slabs)
     for s in prange(n_slabs):
         lo, hi = slab(s, n_slabs, B)
+        if hi == lo:
+            continue
         mode = flush_subnormals()
         for t in range(T):
             cur, nxt = t % 2, (t + 1) % 2
-            if hi > lo:
-                matmul(h[cur, lo:hi], U, packed_U, rec[lo:hi])
+            matmul(h[cur, lo:hi], U, packed_U, rec[lo:hi])
             for row in range(lo, hi):
                 _rnn_step_forward(y[t, row], h[nxt, row], z[t, row], rec[row], h[cur, row], ones[0, row],
                                   t0 + t < lengths[row], use_relu)

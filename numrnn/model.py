@@ -8,7 +8,7 @@ import numpy as np
 from . import heads as heads_module
 from . import infer
 from .cells import Dropout
-from .kernels.common import reverse_within_lengths
+from .kernels.common import copy_finite, reverse_within_lengths
 from .layers import make_layer
 from .params import ParamLayout
 
@@ -63,6 +63,7 @@ class SequenceModel:
         self.seed = seed
         self.rng = np.random.default_rng([seed, 1])   # dropout masks; apart from the init stream
         self.dropout_masks = {}
+        self._last_step_grad = heads_module.LastStepGrad()    # dL/d(out) of Classify and Regress
         self.directions = ("fw", "bw") if bidirectional else ("fw",)
 
         layout = ParamLayout()
@@ -135,14 +136,15 @@ class SequenceModel:
             raise ValueError(f"x must hold numbers, got dtype {x.dtype}")
         if x.shape[2] != self.input_size:
             raise ValueError(f"x has {x.shape[2]} features per step, but input_size is {self.input_size}")
-        x = np.ascontiguousarray(x if time_major else x.transpose(1, 0, 2), dtype=self.dtype)
-        T, B, _ = x.shape
+        steps = np.asarray(x if time_major else x.transpose(1, 0, 2), dtype=self.dtype)    # (T, B, F) view
+        T, B, _ = steps.shape
         if T < 1 or B < 1:
-            raise ValueError(f"x must hold at least one step and one sequence, got shape {x.shape}")
-        if not np.isfinite(x).all():
+            raise ValueError(f"x must hold at least one step and one sequence, got shape {steps.shape}")
+        x = np.empty(steps.shape, self.dtype)
+        if not copy_finite(x, steps):
             bad = np.argwhere(~np.isfinite(x))[0]
             t, b = int(bad[0]), int(bad[1])
-            raise ValueError(f"x holds a non-finite value {x[t, b, bad[2]]!r} in sequence {b} at step {t}")
+            raise ValueError(f"x holds a non-finite value {float(x[t, b, bad[2]])} in sequence {b} at step {t}")
         return x, check_lengths(lengths, B, T)
 
     def _initial_state(self, initial_state, B):
@@ -274,7 +276,8 @@ class SequenceModel:
         y = self.head.check_targets(y, lengths, x.shape[0], label_lengths)
         out = self._forward(x, lengths, state, train=train)
         self.grads[:] = 0.0
-        loss, dout = self.head.loss_and_grad(self.head_params, self.head_grads, out, y, lengths, self._split)
+        loss, dout = self.head.loss_and_grad(self.head_params, self.head_grads, out, y, lengths, self._split,
+                                             last_step_grad=self._last_step_grad)
         dx, dstate = self._backward(dout, lengths, input_grads)
         if not input_grads:
             return loss

@@ -130,6 +130,54 @@ def test_grads_are_overwritten_not_accumulated(cell, rng):
     np.testing.assert_array_equal(model.grads, first)
 
 
+@pytest.mark.parametrize("head", ["classify", "regress"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_last_step_heads_forget_the_calls_before(head, bidirectional, rng):
+    """The model keeps the last-step heads' dL/d(out) between calls and clears only
+    what the call before wrote: calls with other lengths and another shape first
+    change nothing."""
+    model, fresh = (build_model("lstm", "2layers", bidirectional, head) for _ in range(2))
+    x, y, lengths, state = make_batch(rng, model, "mixed")
+    loss = fresh.loss_and_grad(x, y, lengths=lengths, initial_state=state)
+    other_lengths = lengths[::-1].copy()
+    model.loss_and_grad(x, y, lengths=other_lengths, initial_state=state)
+    model.loss_and_grad(*make_batch(rng, model, "T1"))
+    model.loss_and_grad(x, y, lengths=other_lengths, initial_state=state)
+    assert model.loss_and_grad(x, y, lengths=lengths, initial_state=state) == loss
+    np.testing.assert_array_equal(model.grads, fresh.grads)
+
+
+# ----------------------------------------------------------------------------- input
+
+def test_input_is_copied_time_major_whatever_its_type_and_layout(rng):
+    model = build_model("lstm", "1layer", False, "regress", dtype=np.float32)
+    x = rng.integers(-3, 4, (3, 4, model.input_size))
+    given = x.copy()
+    out, _ = model.forward(x)
+    for same in (x.astype(np.float64), x.astype(np.float32), np.asfortranarray(x), x[::-1][::-1],
+                 x.transpose(1, 0, 2).copy().transpose(1, 0, 2)):
+        np.testing.assert_array_equal(model.forward(same)[0], out)
+    time_major, _ = model.forward(x.transpose(1, 0, 2), time_major=True)
+    np.testing.assert_array_equal(time_major, out.transpose(1, 0, 2))
+    np.testing.assert_array_equal(x, given)
+
+
+@pytest.mark.parametrize("where", [(0, 0, 0), (1, 2, 0), (2, 3, 1)])
+@pytest.mark.parametrize("value, shown", [(np.nan, "nan"), (-np.inf, "-inf"), (1e300, "inf")])
+def test_non_finite_input_names_its_sequence_and_step(where, value, shown):
+    """Checked after the cast to the model's dtype: 1e300 is inf in float32."""
+    model = build_model("lstm", "1layer", False, "classify", dtype=np.float32)
+    x = np.zeros((3, 4, model.input_size))
+    x[where] = value
+    b, t, _ = where
+    with pytest.raises(ValueError, match=rf"x holds a non-finite value {shown} in sequence {b} at step {t}"):
+        with np.errstate(over="ignore"):
+            model.loss_and_grad(x, np.zeros(3, int))
+    with pytest.raises(ValueError, match=rf"non-finite value {shown} in sequence {b} at step {t}"):
+        with np.errstate(over="ignore"):
+            model.forward(x.transpose(1, 0, 2), time_major=True)
+
+
 def test_named_views_share_the_flat_buffers():
     model = build_model("lstm", "2layers", True, "classify")
     for name, view in model.named_params().items():

@@ -37,7 +37,7 @@ class LastStepGrad:
 
     def __init__(self):
         self.dout = None
-        self.written = None         # lengths of the call before
+        self.written = None         # (lengths, split) of the call before
 
     def __call__(self, dfeatures, lengths, split, T):
         """Scatter dL/d(features) (B, D) back to dL/d(out); returns the (T, B, D)
@@ -47,11 +47,12 @@ class LastStepGrad:
         if self.dout is None or self.dout.shape != (T, B, D) or self.dout.dtype != dfeatures.dtype:
             self.dout = np.zeros((T, B, D), dfeatures.dtype)
         elif self.written is not None:
-            self.dout[self.written - 1, rows] = 0.0
-            self.dout[0] = 0.0
+            lengths_before, split_before = self.written
+            self.dout[lengths_before - 1, rows, :split_before] = 0.0
+            self.dout[0, :, split_before:] = 0.0
         self.dout[lengths - 1, rows, :split] = dfeatures[:, :split]
         self.dout[0, :, split:] += dfeatures[:, split:]
-        self.written = lengths.copy()
+        self.written = (lengths.copy(), split)
         return self.dout
 
 

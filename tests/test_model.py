@@ -4,6 +4,8 @@ repeated calls."""
 import numpy as np
 import pytest
 
+import numrnn as nr
+
 from conftest import CELLS, HEADS, LENGTHS, STACKS, build_model, central_differences, make_batch, \
     relative_error, relu_margin
 
@@ -145,6 +147,17 @@ def test_last_step_heads_forget_the_calls_before(head, bidirectional, rng):
     model.loss_and_grad(x, y, lengths=other_lengths, initial_state=state)
     assert model.loss_and_grad(x, y, lengths=lengths, initial_state=state) == loss
     np.testing.assert_array_equal(model.grads, fresh.grads)
+
+
+def test_last_step_grad_equals_a_fresh_scatter_after_any_calls(rng):
+    T, B, D = 4, 3, 5
+    kept = nr.heads.LastStepGrad()
+    for lengths, split in [([4, 1, 2], 5), ([2, 4, 1], 3), ([1, 1, 4], 0), ([3, 2, 4], 2)]:
+        lengths = np.array(lengths)
+        dfeatures = rng.standard_normal((B, D))
+        fresh = nr.heads.LastStepGrad()(dfeatures, lengths, split, T)
+        np.testing.assert_array_equal(kept(dfeatures, lengths, split, T), fresh)
+        assert np.count_nonzero(fresh) == B * D
 
 
 # ----------------------------------------------------------------------------- input

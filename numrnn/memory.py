@@ -1,7 +1,7 @@
 """glibc's allocator set to keep the blocks a training step frees, for the next step.
 
-A step allocates and frees a few megabytes of arrays: the head's dL/d(output), the
-dx an upper layer hands down, the kernels' packed weights and per-slab gradients.
+A step allocates and frees a few megabytes of arrays: the dx an upper layer hands
+down, the kernels' packed weights and per-slab gradients.
 glibc returns such blocks to the kernel (a block over its mmap threshold, 128 KiB
 and raised as big blocks are freed, is unmapped; the top of the heap is released
 once more than twice the threshold is free there), and the next step faults every

@@ -3,6 +3,8 @@
 Shapes are reused across the test files so that Numba compiles each kernel once
 per dtype; gradient checks run in float64.
 """
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -157,6 +159,22 @@ def relative_error(numeric, analytic, floor=1e-4):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@contextlib.contextmanager
+def forced_slabs(n_slabs):
+    """While active, models cut every batch into n_slabs row slabs, however small, so
+    that a 4-row batch runs the kernels' parallel builds (3 slabs of 4 rows: 2, 2
+    and an empty one). Outside it a small batch is one slab, the serial build."""
+    modules = (nr.layers, nr.infer, nr.kernels.common)
+    saved = [module.slabs_for for module in modules]
+    for module in modules:
+        module.slabs_for = lambda rows: n_slabs
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved):
+            module.slabs_for = original
 
 
 @pytest.fixture

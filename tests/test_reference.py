@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import CELLS, HEADS, LENGTHS, STACKS, build_model, make_batch, random_state, random_targets, \
-    reference
+from conftest import CELLS, HEADS, LENGTHS, STACKS, build_model, forced_slabs, make_batch, random_state, \
+    random_targets, reference
 
 ALL_CELLS = ["rnn_relu", "lstm", "gru", "gru_ra"]      # one of each kernel; relu/tanh is a flag
 
@@ -142,15 +142,17 @@ def run_everything(model, x, y, lengths, state):
     return results
 
 
+@pytest.mark.parametrize("n_slabs", [2, 3])
 @pytest.mark.parametrize("relu", [False, True], ids=["tanh", "relu"])
 @pytest.mark.parametrize("head", ["classify", "tag_delay1", "regress"])
-def test_serial_build_matches_parallel(head, relu, rng, request):
+def test_serial_build_matches_parallel(head, relu, n_slabs, rng, request):
+    """As tests/test_variants.py's test of the same name, for every cell kernel."""
     cells = ["rnn_relu" if relu else "rnn_tanh"] + ALL_CELLS[1:]
-    model = build_model(cells, (3, 2, 4, 2), True, head)
-    x, y, lengths, state = make_batch(rng, model, "mixed")
-    parallel = run_everything(model, x, y, lengths, state)
+    x, y, lengths, state = make_batch(rng, build_model(cells, (3, 2, 4, 2), True, head), "mixed")
+    with forced_slabs(n_slabs):
+        parallel = run_everything(build_model(cells, (3, 2, 4, 2), True, head), x, y, lengths, state)
     request.getfixturevalue("serial_kernels")
-    serial = run_everything(model, x, y, lengths, state)
+    serial = run_everything(build_model(cells, (3, 2, 4, 2), True, head), x, y, lengths, state)
     assert sorted(serial) == sorted(parallel)
     for name in parallel:
         np.testing.assert_allclose(serial[name], parallel[name], rtol=1e-12, atol=0, err_msg=name)

@@ -26,8 +26,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import numrnn as nr
-from conftest import VARIANTS, build_model, central_differences, make_batch, random_state, random_targets, \
-    reference, relative_error
+from conftest import VARIANTS, build_model, central_differences, forced_slabs, make_batch, random_state, \
+    random_targets, reference, relative_error
 from reference import naive
 from test_reference import check_against_reference, padded, run_everything
 
@@ -480,20 +480,24 @@ def test_masked_activation_keeps_its_mean(variational):
 
 # ----------------------------------------------------------------------------- serial vs parallel
 
+@pytest.mark.parametrize("n_slabs", [2, 3])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_serial_build_matches_parallel(variant, rng, request):
+def test_serial_build_matches_parallel(variant, n_slabs, rng, request):
+    """A 4-row batch cut into n_slabs slabs on Numba's threads against one slab run
+    serially, each on a model of its own (a model keeps its slab count)."""
     dropout = nr.Dropout(input_keep=0.7, output_keep=0.6, state_keep=0.5)
-    model = build(variant, "2layers", True, "tag", dropout=dropout)
-    x, y, lengths, state = make_batch(rng, model, "mixed")
+    x, y, lengths, state = make_batch(rng, build(variant, "2layers", True, "tag", dropout=dropout), "mixed")
 
     def everything():
+        model = build(variant, "2layers", True, "tag", dropout=dropout)
         model.rng = np.random.default_rng(9)         # run_everything trains once, too
         results = run_everything(model, x, y, lengths, state)
         results["train loss"] = np.array(train_call(model, x, y, lengths, state, mask_seed=9))
         results["train grads"] = model.grads.copy()
         return results
 
-    parallel = everything()
+    with forced_slabs(n_slabs):
+        parallel = everything()
     request.getfixturevalue("serial_kernels")
     serial = everything()
     assert sorted(serial) == sorted(parallel)

@@ -12,7 +12,7 @@ import os
 import numba
 
 _SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
-_kernel_blas_pinned = False
+_kernels_prepared = False
 
 
 def set_num_threads(n):
@@ -41,12 +41,21 @@ def slabs_for(rows):
     return max(1, min(get_num_threads(), rows // MIN_SLAB_ROWS))
 
 
-def pin_kernel_blas():
-    """Run the BLAS that Numba's np.dot calls on one thread (once per process)."""
-    global _kernel_blas_pinned
-    if _kernel_blas_pinned:
+def prepare_kernels():
+    """Before the first kernel runs (once per process): start Numba's thread pool, and
+    run the BLAS that Numba's np.dot calls on one thread.
+
+    The serial builds of the kernels call parallel helpers (kernels.common.shared),
+    so their machine code calls the thread pool's scheduling functions, whose
+    addresses Numba's linker learns when the pool starts. Loaded from the cache
+    before it had started (a small batch runs only serial builds), such a kernel
+    called address 0 and crashed the process.
+    """
+    global _kernels_prepared
+    if _kernels_prepared:
         return
-    _kernel_blas_pinned = True
+    _kernels_prepared = True
+    numba.get_num_threads()          # starts the pool (numba's threading layer) if it has not started
     import scipy.linalg.cython_blas  # noqa: F401  (Numba's np.dot calls this BLAS; load it now)
 
     for path in _loaded_libraries():

@@ -1,5 +1,9 @@
 """numrnn.kernels.common and .activations: the activations the kernels use, element by
-element and over whole gate blocks, and the kernels' handling of subnormal numbers."""
+element and over whole gate blocks, the kernels' handling of subnormal numbers, and the
+thread pool's start."""
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -129,3 +133,27 @@ def test_kernels_flush_subnormals_and_restore_the_callers_mode(threads):
     finally:
         nr.set_num_threads(previous)
     assert np.float32(2.0) * SUBNORMAL32 == np.float32(2e-39) > 0.0
+
+
+def test_the_first_kernel_call_starts_numbas_thread_pool():
+    """A small batch runs only the kernels' serial builds, whose machine code still calls
+    the thread pool's scheduling functions (through parallel helpers); loaded from the
+    cache before the pool had started, such a kernel called address 0 and crashed the
+    process. So the first kernel call starts the pool, in a fresh process here."""
+    code = """if True:
+        import numba
+        import numpy as np
+        import numrnn as nr
+        model = nr.SequenceModel(2, [nr.LSTM(3)], head=nr.heads.Classify(2), dtype=np.float64, seed=0)
+        try:
+            numba.threading_layer()
+        except ValueError:
+            pass
+        else:
+            raise SystemExit("the pool had started before any kernel ran")
+        model.forward(np.zeros((4, 5, 2)))             # 4 rows: one slab, the serial builds
+        print(numba.threading_layer())                 # raises ValueError if the pool has not started
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("omp", "tbb", "workqueue")

@@ -17,7 +17,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ..threads import pin_kernel_blas, slabs_for
+from ..threads import prepare_kernels, slabs_for
 from .gemm import matmul
 
 # error_model="numpy": a float division by zero gives inf/nan instead of raising,
@@ -258,11 +258,11 @@ class ParallelKernel:
     def for_rows(self, rows):
         """This kernel for a loop over ``rows`` rows: its serial build when they are
         too few to share out between threads (threads.slabs_for), called directly."""
-        pin_kernel_blas()
+        prepare_kernels()
         return self.serial_build if slabs_for(rows) == 1 else self
 
     def __call__(self, *args):
-        pin_kernel_blas()
+        prepare_kernels()
         if ParallelKernel.serial or (self.takes_slabs and args[-1] == 1):
             return self.serial_build(*args)
         return self.parallel_build(*args)

@@ -148,12 +148,18 @@ def _tile_intrinsic(rows, accumulate=False, masked_loads=False):
     return tile
 
 
-def _row_tiles(accumulate, masked_loads):
+def _row_tiles(name, accumulate, masked_loads):
     """rows(out, a, panel, col, cols): out[:, col:col+cols] (= or +=) a @ panel,
-    tiles of TILE_ROWS rows, then 4, 2 and 1 for the rest of the rows."""
+    tiles of TILE_ROWS rows, then 4, 2 and 1 for the rest of the rows.
+
+    Each variant is compiled under a name of its own: Numba names machine code by
+    the function's qualified name and a per-process counter, so variants sharing a
+    name, compiled by different processes into one cache, could share a symbol
+    while doing different things, and a process that loads both would call one for
+    the other.
+    """
     tile, tile_4, tile_2, tile_1 = (_tile_intrinsic(n, accumulate, masked_loads) for n in (TILE_ROWS, 4, 2, 1))
 
-    @numba.njit(cache=True, error_model="numpy")
     def rows(out, a, panel, col, cols):
         M = a.shape[0]
         row = 0
@@ -168,13 +174,15 @@ def _row_tiles(accumulate, masked_loads):
             row += 2
         if row < M:
             tile_1(out, a, panel, row, col, cols)
-    return rows
+
+    rows.__name__ = rows.__qualname__ = name
+    return numba.njit(cache=True, error_model="numpy")(rows)
 
 
-_rows_set = _row_tiles(accumulate=False, masked_loads=False)
-_rows_add = _row_tiles(accumulate=True, masked_loads=False)
+_rows_set = _row_tiles("rows_set", accumulate=False, masked_loads=False)
+_rows_add = _row_tiles("rows_add", accumulate=True, masked_loads=False)
 # A masked load costs more than a plain one: only a narrow last panel of b uses them.
-_rows_add_masked = _row_tiles(accumulate=True, masked_loads=True)
+_rows_add_masked = _row_tiles("rows_add_masked", accumulate=True, masked_loads=True)
 
 
 # Packing a 128 x 512 b takes about 30 us: it pays once a few hundred rows in all are

@@ -1,5 +1,6 @@
 """numrnn.infer: forward-only predict and step-by-step streaming against the
 whole-sequence forward (float64, 1e-12), thread safety, memory and argument errors."""
+import contextlib
 import copy
 import threading
 import tracemalloc
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import numrnn as nr
-from conftest import CELLS, F, STACKS, VARIANTS, random_state
+from conftest import CELLS, F, STACKS, VARIANTS, forced_slabs, random_state
 
 MENU = {**CELLS, **VARIANTS}
 HEAD_KINDS = {
@@ -86,12 +87,32 @@ def test_predict_equals_full_forward(cell, bidirectional, head):
         np.testing.assert_array_equal(got, expected)
 
 
-def test_predict_serial_equals_parallel(serial_kernels):
-    model = make_model("lstm_combo", False, "tag")
-    x = np.random.default_rng(2).standard_normal((4, T, F))
-    serial = model.predict(x)
-    nr.kernels.common.ParallelKernel.serial = False
-    np.testing.assert_allclose(model.predict(x), serial, rtol=0, atol=TOL)
+def slabs(n_slabs):
+    """forced_slabs(n_slabs), or nothing for n_slabs 1: a small batch is then one slab."""
+    return forced_slabs(n_slabs) if n_slabs > 1 else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("n_slabs", [2, 3])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", list(MENU))
+def test_serial_build_matches_parallel(cell, bidirectional, n_slabs, request):
+    """As tests/test_variants.py's test of the same name, for the inference kernels: a
+    5-row batch cut into n_slabs slabs on Numba's threads against one slab run serially,
+    each on a model of its own; chunk=2 also carries the state across kernel calls."""
+    lengths = np.array([T, 0, 1, 3, 2])
+    x = np.random.default_rng(2).standard_normal((T, len(lengths), F))     # time-major
+
+    def everything():
+        model = make_model(cell, bidirectional, "tag")
+        return {"predict": model.predict(x.transpose(1, 0, 2), lengths),
+                "predict chunk 2": nr.infer.predict(model, x, lengths, time_major=True, chunk=2)}
+
+    with forced_slabs(n_slabs):
+        parallel = everything()
+    request.getfixturevalue("serial_kernels")
+    serial = everything()
+    for name in parallel:
+        np.testing.assert_allclose(serial[name], parallel[name], rtol=1e-12, atol=0, err_msg=name)
 
 
 def test_predict_float32_close_to_full_forward():
@@ -122,15 +143,18 @@ def test_predict_memory_does_not_grow_with_steps():
     assert peak < gates_per_step / 2
 
 
-def test_concurrent_predict_matches_single_thread(tmp_path):
-    """Four threads predicting on one loaded model get the single-thread results."""
+@pytest.mark.parametrize("n_slabs", [1, 3], ids=["natural", "3slabs"])
+def test_concurrent_predict_matches_single_thread(n_slabs, tmp_path):
+    """Four threads predicting on one loaded model get the single-thread results. With
+    natural slabs the 3- and 4-row batches run the serial builds while the 17- and
+    33-row ones run the parallel builds (when Numba has two threads or more); with 3
+    slabs every batch runs the parallel builds, so four callers run them at once."""
     nr.save(make_model("lstm", False, "tag", dtype=np.float32), tmp_path / "m.npz")
     nr.save(make_model("gru_ra", True, "classify", dtype=np.float32), tmp_path / "b.npz")
     for name in ("m.npz", "b.npz"):
         model = nr.load(tmp_path / name)
         rng = np.random.default_rng(5)
-        inputs = [rng.standard_normal((3 + k, 6 + k, F)).astype(np.float32) for k in range(4)]
-        expected = [model.predict(x) for x in inputs]
+        inputs = [rng.standard_normal((rows, 6 + k, F)).astype(np.float32) for k, rows in enumerate((3, 4, 17, 33))]
         results = [[None] * 5 for _ in range(4)]
         barrier = threading.Barrier(4)
 
@@ -139,11 +163,13 @@ def test_concurrent_predict_matches_single_thread(tmp_path):
             for r in range(5):
                 results[k][r] = model.predict(inputs[k])
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with slabs(n_slabs):
+            expected = [model.predict(x) for x in inputs]
+            threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         for k in range(4):
             for r in range(5):
                 np.testing.assert_array_equal(results[k][r], expected[k])
@@ -151,9 +177,13 @@ def test_concurrent_predict_matches_single_thread(tmp_path):
 
 # ----------------------------------------------------------------------------- streaming
 
+@pytest.mark.parametrize("n_slabs", [1, 2, 3], ids=["1slab", "2slabs", "3slabs"])
 @pytest.mark.parametrize("head", list(HEAD_KINDS))
 @pytest.mark.parametrize("cell", list(MENU))
-def test_stream_equals_whole_sequence(cell, head):
+def test_stream_equals_whole_sequence(cell, head, n_slabs):
+    """Each step against model.forward (one slab, the serial builds). A stream takes its
+    slab count when it is made, so with n_slabs > 1 it is made, and stepped, inside
+    forced_slabs: its steps then run the parallel builds."""
     model = make_model(cell, False, head)
     rng = np.random.default_rng(6)
     lengths = lengths_for(model.head)
@@ -164,13 +194,15 @@ def test_stream_equals_whole_sequence(cell, head):
     p, split = model.head_params, model._split
     out_tm = np.ascontiguousarray(out.transpose(1, 0, 2))
 
-    stream = model.stream(batch_size=B, initial_state=state0)
-    outputs, heads = [], []
-    for t in range(T):
-        active = t < lengths
-        heads.append(stream.step(x[:, t], active))
-        outputs.append(stream.output)
-        np.testing.assert_allclose(outputs[-1], out[:, t], rtol=0, atol=TOL)
+    with slabs(n_slabs):
+        stream = model.stream(batch_size=B, initial_state=state0)
+        assert [runner.n_slabs for runner in stream._runners] == [n_slabs] * len(model.layers)
+        outputs, heads = [], []
+        for t in range(T):
+            active = t < lengths
+            heads.append(stream.step(x[:, t], active))
+            outputs.append(stream.output)
+            np.testing.assert_allclose(outputs[-1], out[:, t], rtol=0, atol=TOL)
     for name, value in stream.state.items():
         np.testing.assert_allclose(value, final[name], rtol=0, atol=TOL, err_msg=name)
 

@@ -14,15 +14,21 @@ TOL = 1e-6
 
 
 def fd_problem(cell, stack, bidirectional, head, lengths_kind):
-    """Model and batch; for ReLU, the first seed whose pre-activations all stay
-    well away from the kink (a perturbation of EPS moves them by ~1e-4 at most)."""
+    """Model and batch of the first seed where every parameter, the input and the
+    initial state reach the loss (a small ReLU layer can be dead for the whole batch,
+    and a gradient that is 0 on both sides proves nothing) and, for ReLU, whose
+    pre-activations all stay well away from the kink (a perturbation of EPS moves
+    them by ~1e-4 at most)."""
     for seed in range(50):
         rng = np.random.default_rng(seed)
         model = build_model(cell, stack, bidirectional, head, seed=seed)
         x, y, lengths, state = make_batch(rng, model, lengths_kind)
-        if cell != "rnn_relu" or relu_margin(model, x, lengths, state) > 1e-3:
+        if cell == "rnn_relu" and relu_margin(model, x, lengths, state) <= 1e-3:
+            continue
+        _, grads = analytic_gradients(model, x, y, lengths, state)
+        if all(np.any(g != 0.0) for g in grads.values()):
             return model, x, y, lengths, state
-    raise AssertionError("no seed keeps the ReLU pre-activations away from 0")
+    raise AssertionError("no seed where every gradient is non-zero (and ReLU pre-activations stay away from 0)")
 
 
 def numeric_gradients(model, x, y, lengths, state):
@@ -43,8 +49,12 @@ def analytic_gradients(model, x, y, lengths, state):
     return loss, grads
 
 
-@pytest.mark.parametrize("lengths_kind", list(LENGTHS))
-@pytest.mark.parametrize("head", list(HEADS))
+# Every head with every kind of lengths, except a delay-1 Tag on T=1, where no step is
+# scored: its loss is 0 whatever the parameters (test_nothing_scored_gives_zero_loss_and_gradients).
+SCORED = [(head, kind) for head in HEADS for kind in LENGTHS if (head, kind) != ("tag_delay1", "T1")]
+
+
+@pytest.mark.parametrize("head, lengths_kind", SCORED, ids=[f"{h}-{k}" for h, k in SCORED])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("stack", list(STACKS))
 @pytest.mark.parametrize("cell", list(CELLS))
@@ -101,6 +111,19 @@ def test_tag_unscored_labels_change_nothing(bidirectional, rng):
     y2[unscored] = (y2[unscored] + 1) % model.head.n
     assert model.loss_and_grad(x, y2, lengths=lengths, initial_state=state) == loss
     np.testing.assert_array_equal(model.grads, grads)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_nothing_scored_gives_zero_loss_and_gradients(bidirectional, rng):
+    """A delay-1 Tag head on one step scores no label: loss 0 and every gradient 0."""
+    model = build_model("lstm", "2layers", bidirectional, "tag_delay1")
+    x, y, lengths, state = make_batch(rng, model, "T1")
+    model.grads[:] = 1.0                           # loss_and_grad overwrites the gradients
+    loss, dx, dstate = model.loss_and_grad(x, y, lengths=lengths, initial_state=state, input_grads=True)
+    assert loss == 0.0
+    assert (model.grads == 0.0).all() and (dx == 0.0).all()
+    for name, g in dstate.items():
+        assert (g == 0.0).all(), name
 
 
 def test_empty_sequences_get_zero_gradients(rng):

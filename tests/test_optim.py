@@ -8,8 +8,11 @@ import numrnn as nr
 from numrnn import optim
 from numrnn.kernels.common import ParallelKernel
 
-N = 37          # not a multiple of anything, split into torch tensors of these sizes:
-SPLITS = (5, 12, 20)
+# The update kernels run over chunks of CHUNK elements: N spans two whole chunks and a
+# ragged third, so that chunk offsets and ends are checked. Split into torch tensors of:
+CHUNK = optim.kernels.CHUNK
+N = 2 * CHUNK + 37
+SPLITS = (5, CHUNK + 12, CHUNK + 20)
 STEPS = 20
 
 
@@ -21,9 +24,10 @@ def flat_model(dtype=np.float64, seed=0):
 
 
 def gradient_sequence(seed=1):
-    """STEPS gradients of varied size, so that clipping acts on some steps only."""
+    """STEPS gradients of norms 0.05 .. 50, so that clipping acts on some steps only."""
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal(N) * scale for scale in np.geomspace(0.01, 10.0, STEPS)]
+    grads = [rng.standard_normal(N) for _ in range(STEPS)]
+    return [g * (norm / np.linalg.norm(g)) for g, norm in zip(grads, np.geomspace(0.05, 50.0, STEPS))]
 
 
 def run_numrnn(make_opt, dtype=np.float64):
@@ -121,7 +125,7 @@ def test_clip_grad_norm_matches_torch():
 
 def test_global_norm_independent_of_threads(serial_kernels):
     # Several chunks, so that the parallel build splits the work.
-    x = np.random.default_rng(0).standard_normal(3 * optim.kernels.CHUNK + 7).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(3 * CHUNK + 7).astype(np.float32)
     serial = optim.global_norm(x)
     ParallelKernel.serial = False
     assert optim.global_norm(x) == serial

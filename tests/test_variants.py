@@ -121,6 +121,8 @@ def gradient_errors(model, x, y, lengths, state, mask_seed=None):
     analytic = {name: g.copy() for name, g in model.named_grads().items()}
     analytic["x"] = dx
     analytic.update({f"state.{name}": g for name, g in dstate.items()})
+    silent = [name for name, g in analytic.items() if not np.any(g != 0.0)]
+    assert not silent, f"gradients identically 0 (the comparison would prove nothing): {silent}"
 
     numeric = {name: central_differences(loss, view, EPS) for name, view in model.named_params().items()}
     numeric["x"] = central_differences(loss, x, EPS)
@@ -250,6 +252,28 @@ def test_dropout_gradients_one_kind(kind):
     train_call(model, x, y, lengths, state, mask_seed)
     assert {name.rsplit(".", 1)[1] for name in model.dropout_masks} == {kind[:-5]}
     assert_small(gradient_errors(model, x, y, lengths, state, mask_seed))
+
+
+@pytest.mark.parametrize("dropout", [None, "all"], ids=["no_dropout", "dropout"])
+@pytest.mark.parametrize("variant", list(VARIANTS) + ["gru"])
+def test_float32_gradients_close_to_float64(variant, dropout):
+    """The float32 backward kernels (approximated activations, float32 arithmetic)
+    against the float64 ones, on a problem with no value near a clip bound, with the
+    same masks: every parameter, the input and the initial state."""
+    dropout = DROPOUTS.get(dropout)
+    model, x, y, lengths, state, mask_seed, _ = fd_problem(variant, "2layers", True, "tag", dropout=dropout)
+    single = build(variant, "2layers", True, "tag", dtype=np.float32, dropout=dropout)
+    single.params[:] = model.params
+    results = {}
+    for m in (model, single):
+        loss, dx, dstate = train_call(m, x.astype(m.dtype), y, lengths, {k: v.astype(m.dtype) for k, v in state.items()},
+                                      mask_seed, input_grads=True)
+        results[m.dtype] = {"loss": np.array(loss), "grads": m.grads.copy(), "dx": dx,
+                            **{f"dstate {k}": v for k, v in dstate.items()}}
+    double, single_results = results[np.dtype(np.float64)], results[np.dtype(np.float32)]
+    for name, expected in double.items():
+        assert single_results[name].dtype == np.float32 or name == "loss"
+        np.testing.assert_allclose(single_results[name], expected, rtol=1e-3, atol=1e-5, err_msg=name)
 
 
 # ----------------------------------------------------------------------------- against the reference

@@ -77,7 +77,7 @@ class StepDecay(Constant):
     def __post_init__(self):
         super().__post_init__()
         _number("schedule every", self.every, lambda v: v >= 1, "an integer >= 1", int)
-        _number("schedule gamma", self.gamma, lambda v: v > 0, "> 0")
+        _number("schedule gamma", self.gamma, lambda v: 0 < v < math.inf, "a finite number > 0")
 
     def _after_warmup(self, k):
         return self.lr * self.gamma ** (k // self.every)
@@ -180,9 +180,10 @@ class _Optimizer:
         params, _ = _flat_buffers(model)
         self.model = model
         self.schedule = make_schedule(lr, schedule)
-        self.weight_decay = _number("weight_decay", weight_decay, lambda v: v >= 0, ">= 0")
+        self.weight_decay = _number("weight_decay", weight_decay, lambda v: 0 <= v < math.inf,
+                                    "a finite number >= 0")
         self.clip_norm = None if clip_norm is None else _number(
-            "clip_norm", clip_norm, lambda v: v > 0, "> 0 or None")
+            "clip_norm", clip_norm, lambda v: 0 < v < math.inf, "a finite number > 0, or None")
         for name in self._moments:
             setattr(self, name, np.zeros_like(params))  # (N,)
         self._norm_partial = _norm_workspace(params.shape[0])
@@ -276,7 +277,7 @@ class Adam(_Optimizer):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = tuple(_number(f"betas[{i}]", b, lambda v: 0 <= v < 1, "in [0, 1)")
                            for i, b in enumerate(betas))
-        self.eps = _number("eps", eps, lambda v: v >= 0, ">= 0")
+        self.eps = _number("eps", eps, lambda v: 0 <= v < math.inf, "a finite number >= 0")
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
         super().__init__(model, lr, weight_decay, clip_norm, schedule)
 
@@ -309,7 +310,7 @@ class SGD(_Optimizer):
 
     def __init__(self, model, lr=1e-2, momentum=0.0, nesterov=False, weight_decay=0.0,
                  clip_norm=None, schedule=None):
-        self.momentum = _number("momentum", momentum, lambda v: v >= 0, ">= 0")
+        self.momentum = _number("momentum", momentum, lambda v: 0 <= v < math.inf, "a finite number >= 0")
         if nesterov and self.momentum == 0:
             raise ValueError(f"nesterov=True needs momentum > 0, got momentum={momentum!r}")
         self.nesterov = bool(nesterov)

@@ -372,16 +372,18 @@ def train(model, train, val=None, test=None, config=None, *, out=None, resume=Fa
             diverged = _train_epoch(model, opt, train, config, order, position, interrupted, quiet,
                                     label=f"epoch {epoch}/{config.epochs}")
             if diverged:
-                message = (f"training diverged: loss is {diverged['loss']} at epoch {epoch}, batch "
-                           f"{diverged['batch']} of {steps_per_epoch} (step {opt.step_count + 1}, "
-                           f"sequences {diverged['sequences']}); stopped before its update. ")
-                last = run.path("last.npz")
-                message += (f"The last good checkpoint is {last}." if last else "No run directory: nothing saved.")
-                click.echo(message, err=True)
-                return TrainResult("diverged", position["epoch"], opt.step_count, history,
-                                   position["best"], None, message)
+                return _diverged(run, position, opt, history,
+                                 f"loss is {diverged['loss']} at epoch {epoch}, batch {diverged['batch']} of "
+                                 f"{steps_per_epoch} (step {opt.step_count + 1}, sequences "
+                                 f"{diverged['sequences']}); stopped before its update")
             if interrupted["set"]:
                 _raise_interrupted(run, model, opt, position, config, epoch)
+            # The next batch's loss would show a bad last update of an epoch; this is the last
+            # moment before the parameters are evaluated and saved.
+            if not np.isfinite(model.params).all():
+                return _diverged(run, position, opt, history,
+                                 f"the update of epoch {epoch}'s last batch (step {opt.step_count}) "
+                                 f"made the parameters non-finite")
 
             running = position["running"]
             records = [{"epoch": epoch, "step": opt.step_count, "split": "train",
@@ -390,6 +392,10 @@ def train(model, train, val=None, test=None, config=None, *, out=None, resume=Fa
             if val is not None:
                 records.append({"epoch": epoch, "step": opt.step_count, "split": "val",
                                 **evaluate(model, val, config.eval_batch_size)})
+                if not math.isfinite(records[-1]["loss"]):
+                    return _diverged(run, position, opt, history,
+                                     f"validation loss is {records[-1]['loss']} after epoch {epoch} "
+                                     f"(step {opt.step_count})")
             history += records
             for r in records:
                 echo(_summary(r))
@@ -418,6 +424,15 @@ def train(model, train, val=None, test=None, config=None, *, out=None, resume=Fa
         run.write_metrics(history)
         echo(_summary(result.test))
     return result
+
+
+def _diverged(run, position, opt, history, what):
+    """Stop: say what went wrong and where the last good state is (nothing is saved)."""
+    last = run.path("last.npz")
+    message = (f"training diverged: {what}. "
+               + (f"The last good checkpoint is {last}." if last else "No run directory: nothing saved."))
+    click.echo(message, err=True)
+    return TrainResult("diverged", position["epoch"], opt.step_count, history, position["best"], None, message)
 
 
 def _train_epoch(model, opt, train, config, order, position, interrupted, quiet, label):

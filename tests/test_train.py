@@ -174,6 +174,26 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys
     assert np.isfinite(nr.load(tmp_path / "model.npz").params).all()
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("gamma, what", [(1e30, "validation loss is inf after epoch 1 (step 3)"),
+                                         (1e40, "the update of epoch 1's last batch (step 3) made the "
+                                                "parameters non-finite")])
+def test_a_bad_last_update_of_an_epoch_is_not_saved(gamma, what, tmp_path, capsys):
+    """The last batch of epoch 1 gets its learning rate multiplied by gamma: its loss,
+    taken before the update, is finite; after it the validation loss (1e30) or the
+    float32 parameters themselves (1e40: the rate overflows) are not. The run stops
+    before choosing a best model or saving: last.npz keeps the step-0 state."""
+    m = model("regress", dropout=False, dtype=np.float32)
+    result = nr.train(m, data("regress"), val=data("regress", seed=1), out=tmp_path, epochs=3, optimizer="SGD",
+                      schedule={"name": "step", "every": 2, "gamma": gamma}, **{**OPTIONS, "clip_norm": None})
+    assert result.status == "diverged" and result.epoch == 0 and result.history == [] and result.best is None
+    assert result.message == (f"training diverged: {what}. The last good checkpoint is {tmp_path / 'last.npz'}.")
+    assert result.message in capsys.readouterr().err
+    good, _, state = io.load_checkpoint(tmp_path / "last.npz")
+    assert state["epoch"] == 0 and np.isfinite(good.params).all()
+    assert not (tmp_path / "model.npz").exists()
+
+
 def test_quiet_and_progress(capsys):
     nr.train(model(), data(), val=data(seed=1), epochs=1, **OPTIONS)
     assert capsys.readouterr().err == ""

@@ -3,6 +3,7 @@
 numrnn (and with it NumPy and Numba) is imported inside the commands, after
 ``--threads`` has set the thread count of both (see ``threads.py``).
 """
+import contextlib
 import datetime
 import json
 import os
@@ -361,49 +362,66 @@ def train(ctx, **opts):
     except ValueError as e:
         raise _bad_parameter(e, "--lr") from None
 
-    say = (lambda message: None) if opts["quiet"] else (lambda message: click.echo(message, err=True))
-    try:
-        task = tasks.load_task(opts["task"], length=opts["length"], limit=opts["limit"],
-                               train_size=opts["train_size"], seed=opts["seed"], mnist=opts["mnist"],
-                               progress=say)
-    except DataError as e:
-        raise click.ClickException(str(e)) from None
-    except ValueError as e:
-        raise _bad_parameter(e, "TASK") from None
-    steps_per_epoch = -(-len(task.train) // config.batch_size)
-    if not _explicit(ctx, "warmup") and opts["warmup"]:
-        # The default warm-up is at most a tenth of a short run.
-        opts["warmup"] = min(opts["warmup"], config.epochs * steps_per_epoch // 10)
-    config.schedule = _schedule(opts, steps_per_epoch)
-    try:
-        config.make_optimizer(model, steps_per_epoch)
-    except ValueError as e:
-        raise _bad_parameter(e, "--warmup") from None
+    with _ctrl_c_exits_130(ctx, out):
+        say = (lambda message: None) if opts["quiet"] else (lambda message: click.echo(message, err=True))
+        try:
+            task = tasks.load_task(opts["task"], length=opts["length"], limit=opts["limit"],
+                                   train_size=opts["train_size"], seed=opts["seed"], mnist=opts["mnist"],
+                                   progress=say)
+        except DataError as e:
+            raise click.ClickException(str(e)) from None
+        except ValueError as e:
+            raise _bad_parameter(e, "TASK") from None
+        steps_per_epoch = -(-len(task.train) // config.batch_size)
+        if not _explicit(ctx, "warmup") and opts["warmup"]:
+            # The default warm-up is at most a tenth of a short run.
+            opts["warmup"] = min(opts["warmup"], config.epochs * steps_per_epoch // 10)
+        config.schedule = _schedule(opts, steps_per_epoch)
+        try:
+            config.make_optimizer(model, steps_per_epoch)
+        except ValueError as e:
+            raise _bad_parameter(e, "--warmup") from None
 
-    stored = {name: value for name, value in opts.items() if name not in _NOT_STORED}
-    extra = {"task": task.settings, "metric": task.metric, "baseline": task.baseline, "cli": stored}
-    steps = f"{'up to ' if task.train.lengths is not None else ''}{task.train.x.shape[1]} steps"
-    say(f"{task.name}: {len(task.train)} training sequences of {steps}; "
-        f"run directory {out}")
+        stored = {name: value for name, value in opts.items() if name not in _NOT_STORED}
+        extra = {"task": task.settings, "metric": task.metric, "baseline": task.baseline, "cli": stored}
+        steps = f"{'up to ' if task.train.lengths is not None else ''}{task.train.x.shape[1]} steps"
+        say(f"{task.name}: {len(task.train)} training sequences of {steps}; "
+            f"run directory {out}")
+        try:
+            result = nr.train(model, task.train, val=task.val, test=task.test, config=config, out=out,
+                              resume=resume, quiet=opts["quiet"], extra_config=extra)
+        except nr.TrainingInterrupted as e:
+            click.echo(f"{e}\nContinue with: numrnn train --resume {out}", err=True)
+            ctx.exit(130)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        if result.status != "finished":
+            click.echo(f"numrnn train: {result.status}. last.npz holds the last good state; continue from it with "
+                       f"a lower learning rate (numrnn train --resume {out} --lr ...) or start again with a lower "
+                       "--lr or --clip-norm", err=True)
+            ctx.exit(1)
+        summary = {"run": out, "task": task.name, "status": result.status, "epochs": result.epoch,
+                   "steps": result.step, "best": result.best, "test": result.test}
+        if task.test is not None and task.name == "copy":
+            summary["test"] = {**result.test, **task.metrics(nr.load(os.path.join(out, "model.npz")), task.test,
+                                                              config.eval_batch_size)}
+        click.echo(json.dumps(summary))
+
+
+@contextlib.contextmanager
+def _ctrl_c_exits_130(ctx, out):
+    """Ctrl-C outside the training loop (making the data, the test evaluation) exits
+    with code 130 as inside it, saying what is kept: the loop's last checkpoint, if any."""
     try:
-        result = nr.train(model, task.train, val=task.val, test=task.test, config=config, out=out,
-                          resume=resume, quiet=opts["quiet"], extra_config=extra)
-    except nr.TrainingInterrupted as e:
-        click.echo(f"{e}\nContinue with: numrnn train --resume {out}", err=True)
+        yield
+    except KeyboardInterrupt:
+        last = os.path.join(out, "last.npz")
+        if os.path.exists(last):
+            click.echo(f"numrnn train: interrupted; {last} holds the last checkpoint.\n"
+                       f"Continue with: numrnn train --resume {out}", err=True)
+        else:
+            click.echo("numrnn train: interrupted before training started; nothing saved", err=True)
         ctx.exit(130)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    if result.status != "finished":
-        click.echo(f"numrnn train: {result.status}. last.npz holds the last good state; continue from it with "
-                   f"a lower learning rate (numrnn train --resume {out} --lr ...) or start again with a lower "
-                   "--lr or --clip-norm", err=True)
-        ctx.exit(1)
-    summary = {"run": out, "task": task.name, "status": result.status, "epochs": result.epoch,
-               "steps": result.step, "best": result.best, "test": result.test}
-    if task.test is not None and task.name == "copy":
-        summary["test"] = {**result.test, **task.metrics(nr.load(os.path.join(out, "model.npz")), task.test,
-                                                          config.eval_batch_size)}
-    click.echo(json.dumps(summary))
 
 
 # ---------------------------------------------------------------------------

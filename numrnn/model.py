@@ -337,5 +337,5 @@ def check_lengths(lengths, B, T):
     bad = np.flatnonzero((arr < 0) | (arr > T))
     if bad.size:
         b = int(bad[0])
-        raise ValueError(f"lengths[{b}] = {arr[b]!r} is outside [0, {T}] (T = {T})")
+        raise ValueError(f"lengths[{b}] = {arr[b].item()!r} is outside [0, {T}] (T = {T})")
     return arr.astype(np.int64)

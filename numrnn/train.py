@@ -39,6 +39,7 @@ import numpy as np
 from . import io, optim
 from .ctc import label_error_rate, sequence_accuracy
 from .heads import CTC, Classify, Regress, Tag
+from .model import check_lengths
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -178,6 +179,30 @@ class TrainResult:
 def _scored_steps(head, lengths, T, B):
     """(steps, rows) of a Tag batch's scored labels: output step, sequence."""
     return head.scored_positions(np.full(B, T) if lengths is None else np.asarray(lengths), T)
+
+
+def _check_split(model, split, name):
+    """Every sequence of ``split`` checked before the first step, by its index in the
+    split: a batch's own check names a row of the shuffled batch, and a bad
+    validation split would show only after a whole epoch."""
+    N, T, F = split.x.shape
+    if F != model.input_size:
+        raise ValueError(f"{name}.x has {F} features per step, but input_size is {model.input_size}")
+    if split.x.dtype.kind not in "fiu":
+        raise ValueError(f"{name}.x must hold numbers, got dtype {split.x.dtype}")
+    try:
+        lengths = check_lengths(split.lengths, N, T)
+        model.head.check_targets(split.y, lengths, T, split.label_lengths)
+    except ValueError as e:
+        raise ValueError(f"{name} split: {e}") from None
+    for lo in range(0, N, 4096):          # in the model's dtype, as a batch sees it (1e300 is inf in float32)
+        with np.errstate(over="ignore"):
+            chunk = np.asarray(split.x[lo:lo + 4096], dtype=model.dtype)
+        bad = np.argwhere(~np.isfinite(chunk))
+        if bad.size:
+            b, t, f = (int(i) for i in bad[0])
+            raise ValueError(f"{name}.x holds a non-finite value {float(chunk[b, t, f])} in sequence {lo + b} "
+                             f"at step {t}")
 
 
 def _batch(split, index, head):
@@ -347,6 +372,9 @@ def train(model, train, val=None, test=None, config=None, *, out=None, resume=Fa
             raise ValueError(f"{name} must be a numrnn.train.Split, got {type(split).__name__}")
     if resume and out is None:
         raise ValueError("resume=True needs out, the run directory holding last.npz")
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        if split is not None:
+            _check_split(model, split, name)
 
     run = _RunDir(out)
     steps_per_epoch = -(-len(train) // config.batch_size)

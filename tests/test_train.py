@@ -251,3 +251,23 @@ def test_bad_splits_and_missing_checkpoint(tmp_path):
         nr.train(model(), data(), val=(1, 2), quiet=True)
     with pytest.raises(ValueError, match="there is no checkpoint .*last.npz"):
         nr.train(model(), data(), out=tmp_path, resume=True, quiet=True)
+
+
+@pytest.mark.parametrize("which, change, message", [
+    ("train", lambda s: s.x.__setitem__((17, 2, 1), np.nan), r"train.x holds a non-finite value nan in sequence 17 "
+                                                            r"at step 2"),
+    ("val", lambda s: s.x.__setitem__((5, 0, 0), 1e300), r"val.x holds a non-finite value inf in sequence 5 at step 0"),
+    ("val", lambda s: s.lengths.__setitem__(3, T + 1), rf"val split: lengths\[3\] = {T + 1} is outside \[0, {T}\]"),
+    ("test", lambda s: s.y.__setitem__(4, 7), r"test split: .*y"),
+])
+def test_splits_are_checked_before_the_first_step(which, change, message, tmp_path):
+    """Every split, by its own sequence indices, before anything is trained or written
+    (float32 model: 1e300 is inf)."""
+    splits = {"train": data(), "val": data(seed=1), "test": data(seed=2)}
+    change(splits[which])
+    m = model(dtype=np.float32)
+    before = m.params.copy()
+    with pytest.raises(ValueError, match=message):
+        with np.errstate(over="ignore"):
+            nr.train(m, splits["train"], val=splits["val"], test=splits["test"], out=tmp_path / "run", **OPTIONS)
+    assert (m.params == before).all() and not (tmp_path / "run").exists()

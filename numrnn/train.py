@@ -405,7 +405,7 @@ def train(model, train, val=None, test=None, config=None, *, out=None, resume=Fa
                                  f"{steps_per_epoch} (step {opt.step_count + 1}, sequences "
                                  f"{diverged['sequences']}); stopped before its update")
             if interrupted["set"]:
-                _raise_interrupted(run, model, opt, position, config, epoch)
+                _raise_interrupted(run, model, opt, position, config, f"epoch {epoch}, after batch {position['batch']}")
             # The next batch's loss would show a bad last update of an epoch; this is the last
             # moment before the parameters are evaluated and saved.
             if not np.isfinite(model.params).all():
@@ -438,7 +438,7 @@ def train(model, train, val=None, test=None, config=None, *, out=None, resume=Fa
             run.write_metrics(history)
             _checkpoint(run, model, opt, position, config)
             if interrupted["set"]:
-                _raise_interrupted(run, model, opt, position, config, epoch + 1)
+                _raise_interrupted(run, model, opt, position, config, f"the end of epoch {epoch}")
 
     result = TrainResult("finished", position["epoch"], opt.step_count, history, position["best"])
     if test is not None:
@@ -526,9 +526,9 @@ def _checkpoint(run, model, opt, position, config):
         io.save_checkpoint(run.path("last.npz"), model, opt, {**position, "config": asdict(config)})
 
 
-def _raise_interrupted(run, model, opt, position, config, epoch):
+def _raise_interrupted(run, model, opt, position, config, where):
     _checkpoint(run, model, opt, position, config)
-    where = f"epoch {epoch}, after batch {position['batch']} (step {opt.step_count})"
+    where = f"{where} (step {opt.step_count})"
     if run.out is None:
         raise TrainingInterrupted(f"training interrupted at {where}; no run directory, nothing saved")
     raise TrainingInterrupted(f"training interrupted at {where}; checkpoint saved to {run.path('last.npz')}; "

@@ -3,7 +3,19 @@
 A spec is what a user writes (``nr.LSTM(128)``) and what a checkpoint stores;
 ``numrnn.layers`` turns it into a layer that owns parameters and workspaces.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+
+def plain_values(spec):
+    """NumPy scalars among a spec's options (np.int64(128) read from a config array)
+    become Python ones: checked as such, and stored as JSON in checkpoints. Also for
+    the heads."""
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if isinstance(value, np.generic):
+            object.__setattr__(spec, f.name, value.item())
 
 
 def _check_hidden(hidden):
@@ -18,6 +30,7 @@ class RNN:
     activation: str = "tanh"
 
     def __post_init__(self):
+        plain_values(self)
         _check_hidden(self.hidden)
         if self.activation not in ("tanh", "relu"):
             raise ValueError(f"activation must be 'tanh' or 'relu', got {self.activation!r}")
@@ -64,6 +77,7 @@ class LSTM:
     chrono: int | None = None
 
     def __post_init__(self):
+        plain_values(self)
         _check_hidden(self.hidden)
         if (isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float))
                 or self.forget_bias != self.forget_bias):
@@ -98,6 +112,7 @@ class GRU:
     layer_norm: bool = False
 
     def __post_init__(self):
+        plain_values(self)
         _check_hidden(self.hidden)
         _check_bool("reset_after", self.reset_after)
         _check_bool("layer_norm", self.layer_norm)
@@ -125,6 +140,7 @@ class Dropout:
     variational: bool = False
 
     def __post_init__(self):
+        plain_values(self)
         for name in ("input_keep", "output_keep", "state_keep"):
             keep = getattr(self, name)
             if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ctc
+from .cells import plain_values
 from .kernels.losses import linear_softmax, softmax_cross_entropy, squared_error
 from .params import glorot_uniform
 
@@ -85,6 +86,7 @@ class Classify(_LinearHead):
     n: int
 
     def __post_init__(self):
+        plain_values(self)
         _positive_int("n", self.n)
 
     def check_targets(self, y, lengths, T, label_lengths=None):
@@ -126,6 +128,7 @@ class Tag(_LinearHead):
     delay: int = 0
 
     def __post_init__(self):
+        plain_values(self)
         _positive_int("n", self.n)
         if isinstance(self.delay, bool) or not isinstance(self.delay, (int, np.integer)) or self.delay < 0:
             raise ValueError(f"delay must be a non-negative integer, got {self.delay!r}")
@@ -179,6 +182,7 @@ class Regress(_LinearHead):
     n: int
 
     def __post_init__(self):
+        plain_values(self)
         _positive_int("n", self.n)
 
     def check_targets(self, y, lengths, T, label_lengths=None):
@@ -241,6 +245,7 @@ class CTC(_LinearHead):
     blank: int = 0
 
     def __post_init__(self):
+        plain_values(self)
         _positive_int("n_labels", self.n_labels)
         if isinstance(self.blank, bool) or not isinstance(self.blank, (int, np.integer)) \
                 or not 0 <= self.blank <= self.n_labels:

@@ -130,6 +130,8 @@ class SequenceModel:
 
     def _checked_input(self, x, lengths, time_major):
         """Validate; return time-major x (T, B, F) and int64 lengths (B,)."""
+        if not isinstance(time_major, (bool, np.bool_)):
+            raise ValueError(f"time_major must be True or False, got {time_major!r}")
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"x must have rank 3 ({'(T, B, F)' if time_major else '(B, T, F)'}), "
@@ -279,6 +281,9 @@ class SequenceModel:
         With ``input_grads=True`` returns ``(loss, dx, dstate)``: dx shaped like x,
         dstate {state name: dL/d initial state}. ``label_lengths``: as for ``loss``.
         """
+        for name, flag in (("train", train), ("input_grads", input_grads)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         x, lengths, state = self._prepare(x, lengths, initial_state, time_major)
         y = self.head.check_targets(y, lengths, x.shape[0], label_lengths)
         out = self._forward(x, lengths, state, train=train)

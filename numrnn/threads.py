@@ -10,6 +10,7 @@ import ctypes
 import os
 
 import numba
+import numpy as np
 
 _SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 _kernels_prepared = False
@@ -17,8 +18,9 @@ _kernels_prepared = False
 
 def set_num_threads(n):
     """Use ``n`` threads in numrnn's kernels (Numba's ``set_num_threads``)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
+    n = int(n)
     if n > numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"threads must be at most {numba.config.NUMBA_NUM_THREADS} "
                          f"(NUMBA_NUM_THREADS when numrnn started), got {n}")

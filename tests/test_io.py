@@ -212,3 +212,19 @@ def test_kill_during_save_leaves_previous_file(tmp_path):
         child.wait()
     model = nr.load(path)
     assert (model.params == model.params[0]).all()     # one whole version, not a mix
+
+
+def test_numpy_scalar_options_are_stored_as_plain_values(tmp_path):
+    """Options read from NumPy arrays (np.int64, np.float32, np.bool_) are taken as the
+    Python values they hold, so the model saves (JSON header) and loads back equal."""
+    model = nr.SequenceModel(np.int64(2), [nr.LSTM(np.int64(4), forget_bias=np.float32(0.5), peepholes=np.bool_(True),
+                                                   proj=np.int32(3)), nr.GRU(np.int64(2))],
+                             head=nr.heads.Tag(np.int64(3), delay=np.int64(1)),
+                             dropout=nr.Dropout(state_keep=np.float64(0.5)), seed=np.int64(4))
+    assert model.specs[0] == nr.LSTM(4, forget_bias=0.5, peepholes=True, proj=3)
+    assert type(model.specs[0].hidden) is int and type(model.head.delay) is int
+    nr.save(model, tmp_path / "m.npz")
+    loaded = nr.load(tmp_path / "m.npz")
+    assert loaded.specs == model.specs and loaded.head == model.head and loaded.dropout == model.dropout
+    np.testing.assert_array_equal(loaded.params, model.params)
+    nr.set_num_threads(np.int64(nr.get_num_threads()))

@@ -212,6 +212,12 @@ H0 = "layers.0.fw.h"
      r"initial_state\['layers.0.fw.h'\] holds non-finite values \(in float32\)"),
     (lambda m: m.forward(np.zeros((3, 4, F)), initial_state={H0: np.zeros((3, 3), complex)}),
      r"initial_state\['layers.0.fw.h'\] must hold real numbers, got dtype complex128"),
+    (lambda m: m.forward(np.zeros((3, 4, F)), time_major="yes"), "time_major must be True or False, got 'yes'"),
+    (lambda m: m.predict(np.zeros((3, 4, F)), time_major=None), "time_major must be True or False, got None"),
+    (lambda m: m.loss_and_grad(np.zeros((3, 4, F)), np.zeros(3, int), train="no"),
+     "train must be True or False, got 'no'"),
+    (lambda m: m.loss_and_grad(np.zeros((3, 4, F)), np.zeros(3, int), input_grads=1),
+     "input_grads must be True or False, got 1"),
 ])
 def test_bad_input_and_state_name_the_argument(call, message):
     """Shapes as the caller gave them (batch-major here), the state dict's form, and

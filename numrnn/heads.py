@@ -188,6 +188,8 @@ class Regress(_LinearHead):
     def check_targets(self, y, lengths, T, label_lengths=None):
         self.require_nonempty(lengths)
         y = _check_array_shape(y, (lengths.shape[0], self.n), "y")
+        if y.dtype.kind not in "fiu":
+            raise ValueError(f"y must hold real numbers, got dtype {y.dtype}")
         y = np.asarray(y, dtype=np.float64)
         if not np.isfinite(y).all():
             raise ValueError(f"y must be finite; found {y[~np.isfinite(y)][0].item()!r}")

@@ -159,6 +159,8 @@ def clip_grad_norm_(x, max_norm):
 
 def _flat_buffers(model):
     """``(model.params, model.grads)``, checked: contiguous (N,) arrays of one float dtype."""
+    if not (hasattr(model, "params") and hasattr(model, "grads")):
+        raise ValueError(f"the optimiser needs a model with params and grads (a SequenceModel), got {model!r}")
     p, g = model.params, model.grads
     for name, a in (("model.params", p), ("model.grads", g)):
         if not (isinstance(a, np.ndarray) and a.ndim == 1 and a.flags.c_contiguous

@@ -362,7 +362,12 @@ def train(model, train, val=None, test=None, config=None, *, out=None, resume=Fa
     Raises:
         TrainingInterrupted on Ctrl-C, after writing ``out/last.npz``.
     """
-    config = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
+    if not isinstance(config, (TrainConfig, dict, type(None))):
+        raise ValueError(f"config must be a TrainConfig, a dict of its fields or None, got {config!r}")
+    if isinstance(config, dict):
+        options = {**config, **options}         # checked with the keyword options below
+        config = None
+    config = config if isinstance(config, TrainConfig) else TrainConfig()
     unknown = sorted(set(options) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise ValueError(f"unknown training options {unknown}; expected fields of TrainConfig")

@@ -212,6 +212,8 @@ H0 = "layers.0.fw.h"
      r"initial_state\['layers.0.fw.h'\] holds non-finite values \(in float32\)"),
     (lambda m: m.forward(np.zeros((3, 4, F)), initial_state={H0: np.zeros((3, 3), complex)}),
      r"initial_state\['layers.0.fw.h'\] must hold real numbers, got dtype complex128"),
+    (lambda m: m.forward(np.zeros((3, 4, F)), lengths=np.array(["4", "4", "4"])), "lengths must be integers"),
+    (lambda m: m.forward(np.zeros((3, 4, F)), lengths=[4, 4, None]), "lengths must be integers"),
     (lambda m: m.forward(np.zeros((3, 4, F)), time_major="yes"), "time_major must be True or False, got 'yes'"),
     (lambda m: m.predict(np.zeros((3, 4, F)), time_major=None), "time_major must be True or False, got None"),
     (lambda m: m.loss_and_grad(np.zeros((3, 4, F)), np.zeros(3, int), train="no"),
@@ -257,3 +259,9 @@ def test_named_views_share_the_flat_buffers():
     for name, view in model.named_grads().items():
         assert np.shares_memory(view, model.grads), name
     assert sum(v.size for v in model.named_params().values()) == model.params.size
+
+
+def test_regress_targets_must_be_real_numbers():
+    model = build_model("rnn_tanh", "1layer", False, "regress")
+    with pytest.raises(ValueError, match="y must hold real numbers, got dtype <U1"):
+        model.loss(np.zeros((3, 4, F)), np.full((3, 2), "a"))

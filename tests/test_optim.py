@@ -255,6 +255,11 @@ def test_bad_hyperparameters(build, message):
         build(flat_model())
 
 
+def test_an_optimiser_needs_a_model():
+    with pytest.raises(ValueError, match=r"the optimiser needs a model with params and grads .*, got None"):
+        nr.Adam(None)
+
+
 def test_model_of_another_size_is_refused():
     model = flat_model()
     opt = nr.Adam(model)

@@ -236,6 +236,8 @@ def test_training_learns():
     (dict(learning_rate=0.1), r"unknown training options \['learning_rate'\]"),
     (dict(lr=-1.0), "lr must be a finite number > 0, got -1.0"),
     (dict(resume=True), "resume=True needs out"),
+    (dict(config={"foo": 1}), r"unknown training options \['foo'\]"),
+    (dict(config=[1]), r"config must be a TrainConfig, a dict of its fields or None, got \[1\]"),
 ])
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):

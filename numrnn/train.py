@@ -18,8 +18,10 @@ With ``out`` the run directory holds (every file written atomically):
   of a run and on Ctrl-C. ``resume=True`` continues from it exactly: the same
   updates in the same order give bit-identical parameters (same thread count).
 
-A non-finite training loss stops the run before that batch's update; ``last.npz``
-then still holds the last good checkpoint and the message names the batch.
+Every split is checked before the first step. A non-finite training loss stops the
+run before that batch's update, and non-finite parameters or validation loss after
+an epoch stop it before anything is evaluated or saved; ``last.npz`` then still
+holds the last good checkpoint and the message says where.
 Ctrl-C finishes the current batch, writes ``last.npz`` and raises
 :class:`TrainingInterrupted`; a second Ctrl-C interrupts at once.
 """
@@ -366,7 +368,6 @@ def train(model, train, val=None, test=None, config=None, *, out=None, resume=Fa
         raise ValueError(f"config must be a TrainConfig, a dict of its fields or None, got {config!r}")
     if isinstance(config, dict):
         options = {**config, **options}         # checked with the keyword options below
-        config = None
     config = config if isinstance(config, TrainConfig) else TrainConfig()
     unknown = sorted(set(options) - {f.name for f in fields(TrainConfig)})
     if unknown:

@@ -146,9 +146,7 @@ class SequenceModel:
             raise ValueError(f"x must hold at least one step and one sequence, got shape {x.shape}")
         x = np.empty(steps.shape, self.dtype)
         if not copy_finite(x, steps):
-            bad = np.argwhere(~np.isfinite(x))[0]
-            t, b = int(bad[0]), int(bad[1])
-            raise ValueError(f"x holds a non-finite value {float(x[t, b, bad[2]])} in sequence {b} at step {t}")
+            raise_non_finite(x, "x")
         return x, check_lengths(lengths, B, T)
 
     def _initial_state(self, initial_state, B):
@@ -327,6 +325,13 @@ class SequenceModel:
 def reverse(x, lengths):
     """Reverse each sequence of time-major x (T, B, F) within its length; padding stays 0."""
     return reverse_within_lengths(np.empty_like(x), x, lengths)
+
+
+def raise_non_finite(x, name, first=0):
+    """A ValueError naming the first value of time-major x (T, B, F) that is not
+    finite, by its sequence (counted from ``first``) and step."""
+    t, b, f = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+    raise ValueError(f"{name} holds a non-finite value {float(x[t, b, f])} in sequence {first + b} at step {t}")
 
 
 def check_lengths(lengths, B, T):

@@ -41,7 +41,7 @@ import numpy as np
 from . import io, optim
 from .ctc import label_error_rate, sequence_accuracy
 from .heads import CTC, Classify, Regress, Tag
-from .model import check_lengths
+from .model import check_lengths, raise_non_finite
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -200,11 +200,8 @@ def _check_split(model, split, name):
     for lo in range(0, N, 4096):          # in the model's dtype, as a batch sees it (1e300 is inf in float32)
         with np.errstate(over="ignore"):
             chunk = np.asarray(split.x[lo:lo + 4096], dtype=model.dtype)
-        bad = np.argwhere(~np.isfinite(chunk))
-        if bad.size:
-            b, t, f = (int(i) for i in bad[0])
-            raise ValueError(f"{name}.x holds a non-finite value {float(chunk[b, t, f])} in sequence {lo + b} "
-                             f"at step {t}")
+        if not np.isfinite(chunk).all():
+            raise_non_finite(chunk.transpose(1, 0, 2), f"{name}.x", first=lo)
 
 
 def _batch(split, index, head):

@@ -104,7 +104,7 @@ class RNNLayer(Recurrent):
     def _workspaces(self, T, B):
         H = self.hidden
         return {"y": (T, B, H), "h": (T + 1, B, H), "z": (T, B, H), "rec": (B, H),
-                "dz": (T, B, H), "dh_carry": (B, H), "dh_rec": (B, H)}
+                "dz": (B, H), "dh_carry": (B, H), "dh_rec": (B, H)}
 
     def _forward(self, ws, x, lengths):
         p = self.p
@@ -168,7 +168,7 @@ class LSTMLayer(Recurrent):
                 "tanh_c": (T, B, H), "m": (T, B, H if spec.proj else 0),
                 "c_pre": (T, B, H if spec.cell_clip else 0), "r_pre": (T, B, R if spec.proj_clip else 0),
                 "ln_hat": (T, B, ln * H), "ln_rstd": (T, B, ln), "rec": (B, 4 * H),
-                "dz": (T, B, 4 * H), "dr": (T, B, R if spec.proj else 0), "dm": (B, H),
+                "dz": (B, 4 * H), "dr": (B, R if spec.proj else 0), "dm": (B, H),
                 "dr_carry": (B, R), "dr_rec": (B, R),
                 "dpeep_rows": (B, 3 if spec.peepholes else 0, H),
                 "dln_gain_rows": (B, ln, H), "dln_shift_rows": (B, ln, H)}
@@ -255,7 +255,7 @@ class GRULayer(Recurrent):
         return {"y": (T, B, H), "h": (T + 1, B, H), "gates": (T, B, 2 * H), "cand": (T, B, H),
                 "rh": (T, B, H), "ln_hat": (T, B, ln * H), "ln_rstd": (T, B, ln),
                 "rec_g": (B, 2 * H), "rec_c": (B, H),
-                "dz_g": (T, B, 2 * H), "dz_c": (T, B, H), "dh_carry": (B, H), "dh_rec": (B, H),
+                "dz_g": (B, 2 * H), "dz_c": (B, H), "dh_carry": (B, H), "dh_rec": (B, H),
                 "d_rh": (B, H), "dln_gain_rows": (B, ln, H), "dln_shift_rows": (B, ln, H)}
 
     def _biases(self, params):
@@ -302,7 +302,7 @@ class GRUResetAfterLayer(Recurrent):
     def _workspaces(self, T, B):
         H = self.hidden
         return {"y": (T, B, H), "h": (T + 1, B, H), "gates": (T, B, 3 * H), "q_c": (T, B, H),
-                "rec": (B, 3 * H), "da": (T, B, 3 * H), "dq": (T, B, 3 * H),
+                "rec": (B, 3 * H), "da": (B, 3 * H), "dq": (B, 3 * H),
                 "dh_carry": (B, H), "dh_rec": (B, H)}
 
     def _forward(self, ws, x, lengths):

@@ -168,7 +168,7 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
         dln_gain, dln_shift: (3, H) or (0, H); db_g, db_c (0,) with layer norm.
         dy: (T, B, H).  dhT: (B, H) dL/d(final state).
         h, gates, cand, rh, ln_hat, ln_rstd: saved by gru_forward.
-        dz_g: (T, B, 2H), dz_c: (T, B, H), dh_carry, dh_rec, d_rh: (B, H),
+        dz_g: (B, 2H), dz_c: (B, H), dh_carry, dh_rec, d_rh: (B, H),
             dln_gain_rows, dln_shift_rows: (B, 3, H) or (B, 0, H) workspaces.
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
@@ -190,26 +190,26 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
         mode = flush_subnormals()
         for t in range(T - 1, -1, -1):
             for row in range(lo, hi):
-                _gru_candidate_backward(dz_c[t, row], dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row],
+                _gru_candidate_backward(dz_c[row], dz_g[row], dln_gain_rows[row], dln_shift_rows[row],
                                         dh_carry[row], dh_rec[row], dy[t, row], gates[t, row], cand[t, row],
                                         ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
                                         mask_row(state_mask, t, row), t < lengths[row])
-            matmul(dz_c[t, lo:hi], U_c.T, packed_U_c_T, d_rh[lo:hi])
+            matmul(dz_c[lo:hi], U_c.T, packed_U_c_T, d_rh[lo:hi])
             for row in range(lo, hi):
-                _gru_gates_backward(dz_g[t, row], dln_gain_rows[row], dln_shift_rows[row], dh_carry[row],
+                _gru_gates_backward(dz_g[row], dln_gain_rows[row], dln_shift_rows[row], dh_carry[row],
                                     d_rh[row], gates[t, row], ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
                                     t < lengths[row])
-            matmul(dz_g[t, lo:hi], U_g.T, packed_U_g_T, dh_rec[lo:hi])
+            matmul(dz_g[lo:hi], U_g.T, packed_U_g_T, dh_rec[lo:hi])
             # This step's share of the weight gradients (common.slab_partials), and dx.
-            matmul_add(x[t, lo:hi].T, dz_g[t, lo:hi], None, dW_g_slabs[s])
-            matmul_add(h[t, lo:hi].T, dz_g[t, lo:hi], None, dU_g_slabs[s])
-            add_column_sums(db_g_slabs[s], dz_g[t, lo:hi])
-            matmul_add(x[t, lo:hi].T, dz_c[t, lo:hi], None, dW_c_slabs[s])
-            matmul_add(rh[t, lo:hi].T, dz_c[t, lo:hi], None, dU_c_slabs[s])
-            add_column_sums(db_c_slabs[s], dz_c[t, lo:hi])
+            matmul_add(x[t, lo:hi].T, dz_g[lo:hi], None, dW_g_slabs[s])
+            matmul_add(h[t, lo:hi].T, dz_g[lo:hi], None, dU_g_slabs[s])
+            add_column_sums(db_g_slabs[s], dz_g[lo:hi])
+            matmul_add(x[t, lo:hi].T, dz_c[lo:hi], None, dW_c_slabs[s])
+            matmul_add(rh[t, lo:hi].T, dz_c[lo:hi], None, dU_c_slabs[s])
+            add_column_sums(db_c_slabs[s], dz_c[lo:hi])
             if need_dx:
-                matmul_add(dz_g[t, lo:hi], W_g.T, packed_W_g_T, dx[t, lo:hi])
-                matmul_add(dz_c[t, lo:hi], W_c.T, packed_W_c_T, dx[t, lo:hi])
+                matmul_add(dz_g[lo:hi], W_g.T, packed_W_g_T, dx[t, lo:hi])
+                matmul_add(dz_c[lo:hi], W_c.T, packed_W_c_T, dx[t, lo:hi])
         restore_fp_mode(mode)
     copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)
@@ -322,7 +322,7 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
         dx: (T, B, F) += dL/dx when need_dx.  dh0: (B, H) out.
         dy: (T, B, H).  dhT: (B, H) dL/d(final state).
         h, gates, q_c: saved by gru_ra_forward.
-        da, dq: (T, B, 3H), dh_carry, dh_rec: (B, H) workspaces.
+        da, dq: (B, 3H), dh_carry, dh_rec: (B, H) workspaces.
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
@@ -338,17 +338,17 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
         mode = flush_subnormals()
         for t in range(T - 1, -1, -1):
             for row in range(lo, hi):
-                _gru_ra_step_backward(da[t, row], dq[t, row], dh_carry[row], dh_rec[row], dy[t, row],
+                _gru_ra_step_backward(da[row], dq[row], dh_carry[row], dh_rec[row], dy[t, row],
                                       gates[t, row], q_c[t, row], h[t, row], mask_row(state_mask, t, row),
                                       t < lengths[row])
-            matmul(dq[t, lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
+            matmul(dq[lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
             # This step's share of the weight gradients (common.slab_partials), and dx.
-            matmul_add(x[t, lo:hi].T, da[t, lo:hi], None, dW_slabs[s])
-            add_column_sums(db_x_slabs[s], da[t, lo:hi])
-            matmul_add(h[t, lo:hi].T, dq[t, lo:hi], None, dU_slabs[s])
-            add_column_sums(db_h_slabs[s], dq[t, lo:hi])
+            matmul_add(x[t, lo:hi].T, da[lo:hi], None, dW_slabs[s])
+            add_column_sums(db_x_slabs[s], da[lo:hi])
+            matmul_add(h[t, lo:hi].T, dq[lo:hi], None, dU_slabs[s])
+            add_column_sums(db_h_slabs[s], dq[lo:hi])
             if need_dx:
-                matmul_add(da[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
+                matmul_add(da[lo:hi], W.T, packed_W_T, dx[t, lo:hi])
         restore_fp_mode(mode)
     copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)

@@ -229,7 +229,7 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
         dy: (T, B, R) dL/dy.  drT: (B, R), dcT: (B, H) dL/d(final state).
         r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd: saved by lstm_forward.
         x, W, U, peep, P, ln_gain, state_mask, lengths, cell_clip, proj_clip: as forward.
-        dz: (T, B, 4H), dr: (T, B, R) with proj (else (T, B, 0)), dm: (B, H),
+        dz: (B, 4H), dr: (B, R) with proj (else (B, 0)), dm: (B, H),
             dr_carry, dr_rec: (B, R), dpeep_rows (B, 3, H) or (B, 0, H),
             dln_gain_rows, dln_shift_rows (B, 5, H) or (B, 0, H): workspaces.
         n_slabs: row slabs, one per Numba thread (common.slab).
@@ -253,26 +253,26 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
         mode = flush_subnormals()
         for t in range(T - 1, -1, -1):
             # dL/dr_t lands in dr (then dm = dr P^T) with projection, else straight in dm.
-            dr_out = dr[t] if proj else dm
+            dr_out = dr if proj else dm
             for row in range(lo, hi):
                 _lstm_output_backward(dr_out[row], dr_carry[row], dr_rec[row], dy[t, row], r_pre[t, row],
                                       mask_row(state_mask, t, row), proj_clip, t < lengths[row])
             if proj:
-                matmul(dr[t, lo:hi], P.T, packed_P_T, dm[lo:hi])
+                matmul(dr[lo:hi], P.T, packed_P_T, dm[lo:hi])
             for row in range(lo, hi):
-                _lstm_cell_backward(dz[t, row], dc0[row], dpeep_rows[row], dln_gain_rows[row], dln_shift_rows[row],
+                _lstm_cell_backward(dz[row], dc0[row], dpeep_rows[row], dln_gain_rows[row], dln_shift_rows[row],
                                     dm[row], gates[t, row], tanh_c[t, row], c[t, row], c[t + 1, row],
                                     c_pre[t, row], ln_hat[t, row], ln_rstd[t, row], peep, ln_gain, cell_clip,
                                     t < lengths[row])
-            matmul(dz[t, lo:hi], U.T, packed_U_T, dr_rec[lo:hi])
+            matmul(dz[lo:hi], U.T, packed_U_T, dr_rec[lo:hi])
             # This step's share of the weight gradients (common.slab_partials), and dx.
-            matmul_add(x[t, lo:hi].T, dz[t, lo:hi], None, dW_slabs[s])
-            matmul_add(r[t, lo:hi].T, dz[t, lo:hi], None, dU_slabs[s])
-            add_column_sums(db_slabs[s], dz[t, lo:hi])
+            matmul_add(x[t, lo:hi].T, dz[lo:hi], None, dW_slabs[s])
+            matmul_add(r[t, lo:hi].T, dz[lo:hi], None, dU_slabs[s])
+            add_column_sums(db_slabs[s], dz[lo:hi])
             if proj:
-                matmul_add(m[t, lo:hi].T, dr[t, lo:hi], None, dP_slabs[s])
+                matmul_add(m[t, lo:hi].T, dr[lo:hi], None, dP_slabs[s])
             if need_dx:
-                matmul_add(dz[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
+                matmul_add(dz[lo:hi], W.T, packed_W_T, dx[t, lo:hi])
         restore_fp_mode(mode)
     copy_rows(dr0, dr_carry)
     add_into(dr0, dr_rec)

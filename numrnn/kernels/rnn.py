@@ -99,7 +99,7 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
         dy: (T, B, H) dL/dy.  dhT: (B, H) dL/d(final state).
         y, h: outputs and states saved by rnn_forward.
         x, W, U, state_mask, lengths, use_relu: as forward.
-        dz: (T, B, H), dh_carry, dh_rec: (B, H) workspaces.
+        dz: (B, H), dh_carry, dh_rec: (B, H) workspaces.
         n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
@@ -114,15 +114,15 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
         mode = flush_subnormals()
         for t in range(T - 1, -1, -1):
             for row in range(lo, hi):
-                _rnn_step_backward(dz[t, row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
+                _rnn_step_backward(dz[row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
                                    mask_row(state_mask, t, row), t < lengths[row], use_relu)
-            matmul(dz[t, lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
+            matmul(dz[lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
             # This step's share of the weight gradients (common.slab_partials), and dx.
-            matmul_add(x[t, lo:hi].T, dz[t, lo:hi], None, dW_slabs[s])
-            matmul_add(h[t, lo:hi].T, dz[t, lo:hi], None, dU_slabs[s])
-            add_column_sums(db_slabs[s], dz[t, lo:hi])
+            matmul_add(x[t, lo:hi].T, dz[lo:hi], None, dW_slabs[s])
+            matmul_add(h[t, lo:hi].T, dz[lo:hi], None, dU_slabs[s])
+            add_column_sums(db_slabs[s], dz[lo:hi])
             if need_dx:
-                matmul_add(dz[t, lo:hi], W.T, packed_W_T, dx[t, lo:hi])
+                matmul_add(dz[lo:hi], W.T, packed_W_T, dx[t, lo:hi])
         restore_fp_mode(mode)
     copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)

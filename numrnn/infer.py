@@ -46,6 +46,7 @@ from .kernels.losses import linear_softmax
 from .kernels.lstm import lstm_infer
 from .kernels.rnn import rnn_infer
 from .layers import GRU_LN_GAINS, GRU_LN_SHIFTS, GRULayer, GRUResetAfterLayer, LSTMLayer, RNNLayer
+from .memory import workspace_arrays
 from .threads import slabs_for
 
 __all__ = ["predict", "Stream", "CHUNK"]
@@ -67,7 +68,7 @@ class _Runner:
         self.state = {name: np.zeros((2, B, size), dtype) for name, size in layer.state_sizes.items()}
         self.ones = np.ones((1, B, layer.output_size), dtype)
         self.y = np.zeros((chunk, B, layer.output_size), dtype)         # (chunk, B, R)
-        self.ws = {name: np.zeros(shape, dtype) for name, shape in self._workspaces(layer, B, chunk).items()}
+        self.ws = workspace_arrays(self._workspaces(layer, B, chunk), dtype)
         self._setup(layer)
 
     def get_state(self):

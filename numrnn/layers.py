@@ -9,6 +9,7 @@ from . import cells
 from .kernels.gru import gru_backward, gru_forward, gru_ra_backward, gru_ra_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.rnn import rnn_backward, rnn_forward
+from .memory import workspace_arrays
 from .params import glorot_uniform, orthogonal_blocks
 from .threads import slabs_for
 
@@ -43,7 +44,7 @@ class Recurrent:
 
     def _ensure_workspaces(self, T, B):
         if self._shape != (T, B):
-            self.ws = {name: np.zeros(shape, self.dtype) for name, shape in self._workspaces(T, B).items()}
+            self.ws = workspace_arrays(self._workspaces(T, B), self.dtype)
             self._shape = (T, B)
         return self.ws
 

@@ -1,8 +1,10 @@
 """numrnn.memory: a training step reuses the pages it freed in the step before."""
+import mmap
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from numrnn import memory
@@ -47,3 +49,27 @@ def test_a_training_step_does_not_fault_in_the_pages_it_freed():
 def test_a_users_allocator_setting_is_kept(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     assert memory.keep_freed_memory() is False
+
+
+def test_workspace_arrays_are_zeroed_aligned_and_disjoint():
+    shapes = {"gates": (28, 128, 512), "empty": (28, 128, 0), "odd": (3, 5), "rec": (128, 512)}
+    arrays = memory.workspace_arrays(shapes, np.float32)
+    assert list(arrays) == list(shapes)
+    for name, shape in shapes.items():
+        a = arrays[name]
+        assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % memory.ALIGNMENT == 0
+        assert not a.any()
+    # Filling each with its own value leaves the others as they were: no two overlap.
+    for k, a in enumerate(arrays.values()):
+        a[...] = k + 1
+    for k, a in enumerate(arrays.values()):
+        assert (a == k + 1).all()
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="transparent huge pages are Linux's")
+def test_large_workspaces_start_on_a_huge_page():
+    arrays = memory.workspace_arrays({"gates": (28, 128, 512), "c": (29, 128, 128)}, np.float64)
+    assert arrays["gates"].ctypes.data % memory.HUGE_PAGE == 0
+    small = memory.workspace_arrays({"rec": (1, 512)}, np.float64)["rec"]
+    assert small.base is None       # under 2 huge pages: np.zeros

@@ -64,10 +64,11 @@ def workspace_arrays(shapes, dtype):
     the advice), starting on a huge-page boundary; the arrays keep it alive. Else,
     or where there is no such advice, each is np.zeros."""
     dtype = np.dtype(dtype)
-    sizes = [-(-math.prod(shape) * dtype.itemsize // ALIGNMENT) * ALIGNMENT for shape in shapes.values()]
+    counts = [math.prod(shape) for shape in shapes.values()]
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if sum(sizes) < 2 * HUGE_PAGE or advice is None:
+    if sum(counts) * dtype.itemsize < 2 * HUGE_PAGE or advice is None:
         return {name: np.zeros(shape, dtype) for name, shape in shapes.items()}
+    sizes = [-(-count * dtype.itemsize // ALIGNMENT) * ALIGNMENT for count in counts]
     mapping = mmap.mmap(-1, sum(sizes) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         mapping.madvise(advice)
@@ -76,8 +77,7 @@ def workspace_arrays(shapes, dtype):
     memory = np.frombuffer(mapping, np.uint8)       # zeroed, as every new anonymous mapping
     start = -memory.ctypes.data % HUGE_PAGE
     arrays = {}
-    for (name, shape), size in zip(shapes.items(), sizes):
-        count = math.prod(shape)
+    for (name, shape), count, size in zip(shapes.items(), counts, sizes):
         arrays[name] = memory[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
         start += size
     return arrays

@@ -10,6 +10,7 @@ from . import infer
 from .cells import Dropout
 from .kernels.common import copy_finite, reverse_within_lengths
 from .layers import make_layer
+from .memory import workspace_arrays
 from .params import ParamLayout
 
 DTYPES = {np.dtype(np.float32), np.dtype(np.float64)}
@@ -83,8 +84,10 @@ class SequenceModel:
             layout.add(f"head.{name}", shape)
 
         self.layout = layout
-        self.params = np.zeros(layout.size, dtype)
-        self.grads = np.zeros(layout.size, dtype)
+        # On huge pages however small (memory.py): a prediction after the process sat
+        # idle then finds the weights behind one or two TLB entries.
+        buffers = workspace_arrays({"params": (layout.size,), "grads": (layout.size,)}, dtype, min_bytes=0)
+        self.params, self.grads = buffers["params"], buffers["grads"]
         self._bind()
         self.initialise(seed)
 

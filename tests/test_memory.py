@@ -73,3 +73,12 @@ def test_large_workspaces_start_on_a_huge_page():
     assert arrays["gates"].ctypes.data % memory.HUGE_PAGE == 0
     small = memory.workspace_arrays({"rec": (1, 512)}, np.float64)["rec"]
     assert small.base is None       # under 2 huge pages: np.zeros
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="transparent huge pages are Linux's")
+def test_a_small_models_parameters_start_on_a_huge_page():
+    import numrnn as nr
+
+    model = nr.SequenceModel(3, [nr.LSTM(4)], head=nr.heads.Classify(2), dtype=np.float32, seed=0)
+    assert model.params.ctypes.data % memory.HUGE_PAGE == 0
+    assert not np.shares_memory(model.params, model.grads)

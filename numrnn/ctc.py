@@ -133,8 +133,10 @@ def _check_decode_args(logits, logit_lengths, blank, time_major):
 def check_labels(labels, label_lengths, B, C, blank, name="labels"):
     """(labels (B, S) int64, label_lengths (B,) int64): padded integer labels whose
     first label_lengths[b] entries in row b are classes in [0, C) other than
-    ``blank``; label_lengths None means S everywhere. ValueError naming ``name``
-    and the sequence otherwise."""
+    ``blank``; label_lengths None means S everywhere. A list of label sequences of
+    different lengths (what the decoders return) is padded, its lengths the label
+    lengths. ValueError naming ``name`` and the sequence otherwise."""
+    labels, label_lengths = _padded(labels, label_lengths, name)
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] != B:
         raise ValueError(f"{name} must have shape (B, S) = ({B}, S), padded, got shape {labels.shape}")
@@ -150,6 +152,29 @@ def check_labels(labels, label_lengths, B, C, blank, name="labels"):
             b, s = (int(i) for i in np.argwhere(bad)[0])
             raise ValueError(f"{name}[{b}, {s}] = {labels[b, s]} (sequence {b}) {why}")
     return labels, label_lengths
+
+
+def _padded(labels, label_lengths, name):
+    """A list of label sequences of different lengths as (labels (B, S) padded with
+    0, label lengths); anything else as given."""
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(row, (list, tuple, np.ndarray)) for row in labels):
+        return labels, label_lengths
+    rows = [np.asarray(row) for row in labels]
+    row_lengths = np.array([row.shape[0] if row.ndim == 1 else -1 for row in rows], np.int64)
+    if not rows or (row_lengths == row_lengths[0]).all():
+        return labels, label_lengths        # one length: taken as an array (B, S)
+    for b, row in enumerate(rows):
+        if row.ndim != 1:
+            raise ValueError(f"{name}[{b}] must be a sequence of labels, got shape {row.shape}")
+        if row.size and (row.dtype == np.bool_ or not np.issubdtype(row.dtype, np.integer)):
+            raise ValueError(f"{name}[{b}] must hold integers, got dtype {row.dtype}")
+    if label_lengths is not None and not np.array_equal(np.asarray(label_lengths), row_lengths):
+        raise ValueError(f"label_lengths = {np.asarray(label_lengths).tolist()} must be None or the lengths of "
+                         f"the label sequences in {name}, {row_lengths.tolist()}")
+    padded = np.zeros((len(rows), int(row_lengths.max())), np.int64)
+    for b, row in enumerate(rows):
+        padded[b, :row.shape[0]] = row
+    return padded, row_lengths
 
 
 def _check_loss_args(logits, labels, logit_lengths, label_lengths, blank, zero_infinity, time_major):
@@ -196,6 +221,8 @@ def loss_and_grad(logits, labels, logit_lengths, label_lengths, blank=0, zero_in
         logits: (B, T, C) float32 or float64 unnormalised scores ((T, B, C) with
             time_major=True); a softmax over C is applied inside.
         labels: (B, S) int, padded; labels[b, :label_lengths[b]] in [0, C), none equal to blank.
+            Or a list of B label sequences of different lengths (as the decoders
+            return them), padded here; label_lengths is then None or their lengths.
         logit_lengths: (B,) int in [0, T], or None for T.
         label_lengths: (B,) int in [0, min(S, logit_lengths[b])], or None for S.
         blank: index of the blank class in [0, C).

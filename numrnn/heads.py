@@ -234,7 +234,8 @@ class CTC(_LinearHead):
 
     Targets: ``y`` int (B, S), padded (entries at s >= label_lengths[b] may hold
     anything), with ``label_lengths`` (B,) int in [0, S] given to the model's
-    ``loss`` / ``loss_and_grad`` (None: every sequence has S labels). Lengths 0 are
+    ``loss`` / ``loss_and_grad`` (None: every sequence has S labels); or a list of
+    label lists of different lengths, as ``predict`` returns them. Lengths 0 are
     allowed (an empty sequence with no labels has loss 0). A labelling that needs
     more steps than ``lengths[b]`` (its labels plus a blank between each pair of
     equal neighbours) is a ValueError, as are labels equal to blank or outside

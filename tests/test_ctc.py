@@ -452,6 +452,24 @@ def test_padding_of_labels_is_not_checked():
     assert np.all(np.isfinite(loss))
 
 
+def test_label_sequences_of_different_lengths_are_padded():
+    # What the decoders return can be passed back as labels, as a list of lists.
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((3, 12, 5))
+    ragged = [[1, 2, 2], [], np.array([4, 1, 2, 3, 1])]
+    padded = np.array([[1, 2, 2, 0, 0], [0, 0, 0, 0, 0], [4, 1, 2, 3, 1]])
+    want = ctc.loss_and_grad(logits, padded, None, np.array([3, 0, 5]))
+    for label_lengths in (None, [3, 0, 5]):
+        got = ctc.loss_and_grad(logits, ragged, None, label_lengths)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match=r"label_lengths = \[3, 0, 4\] must be None or the lengths"):
+        ctc.loss_and_grad(logits, ragged, None, [3, 0, 4])
+    with pytest.raises(ValueError, match=r"labels\[1\] must hold integers, got dtype float64"):
+        ctc.loss_and_grad(logits[:2], [[1, 2], [1.5]], None, None)
+    with pytest.raises(ValueError, match=r"labels\[1\] must be a sequence of labels, got shape \(1, 1\)"):
+        ctc.loss_and_grad(logits[:2], [[1, 2], [[1]]], None, None)
+
+
 def test_repeats_that_do_not_fit_are_inf_not_an_error():
     """S <= T but S + (repeats) > T: torch's behaviour, an infinite loss."""
     args = bad(labels=np.array([[1, 1], [2, 2]]), logit_lengths=np.array([4, 2]))

@@ -84,6 +84,12 @@ def test_loss_is_the_batch_mean_of_nr_ctc_on_the_head_logits(bidirectional):
     x3 = x[[0, 3, 4]]
     logits3 = model.forward(x3)[0] @ p["head.W"] + p["head.b"]
     assert model.loss(x3, full) == pytest.approx(nr.ctc.loss(logits3, full, None, None, blank=2).mean(), rel=1e-12)
+    # Label lists of different lengths, as predict returns them: padded, their lengths the label lengths.
+    ragged = [list(row[:n]) for row, n in zip(y, LABEL_LENGTHS)]
+    assert len({len(row) for row in ragged}) > 1
+    grads = model.grads.copy()
+    assert model.loss_and_grad(x, ragged, LENGTHS) == loss
+    np.testing.assert_array_equal(model.grads, grads)
 
 
 def test_float32_model_agrees_with_float64():

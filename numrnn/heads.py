@@ -6,6 +6,8 @@ parameter and gradient views ``p`` and ``g`` ({"W": (D, n), "b": (n,)}).
 features come from the forward direction, the rest from the backward one.
 ``loss_and_grad`` returns the loss and dL/d(out); Classify and Regress write the
 latter into ``last_step_grad``, a model's LastStepGrad (the other heads ignore it).
+``check_targets`` checks y against the lengths; ``dtype``, the model's, matters to
+Regress only, whose targets must stay finite in it.
 """
 from dataclasses import dataclass
 
@@ -89,7 +91,7 @@ class Classify(_LinearHead):
         plain_values(self)
         _positive_int("n", self.n)
 
-    def check_targets(self, y, lengths, T, label_lengths=None):
+    def check_targets(self, y, lengths, T, label_lengths=None, dtype=np.float64):
         self.require_nonempty(lengths)
         return _check_labels(y, (lengths.shape[0],), self.n, "y")
 
@@ -139,7 +141,7 @@ class Tag(_LinearHead):
         keep = steps >= self.delay
         return steps[keep], rows[keep]
 
-    def check_targets(self, y, lengths, T, label_lengths=None):
+    def check_targets(self, y, lengths, T, label_lengths=None, dtype=np.float64):
         y = _check_array_shape(y, (lengths.shape[0], T), "y")
         steps, rows = self.scored_positions(lengths, T)
         _check_labels(y[rows, steps - self.delay], None, self.n, "y")
@@ -185,14 +187,17 @@ class Regress(_LinearHead):
         plain_values(self)
         _positive_int("n", self.n)
 
-    def check_targets(self, y, lengths, T, label_lengths=None):
+    def check_targets(self, y, lengths, T, label_lengths=None, dtype=np.float64):
         self.require_nonempty(lengths)
         y = _check_array_shape(y, (lengths.shape[0], self.n), "y")
         if y.dtype.kind not in "fiu":
             raise ValueError(f"y must hold real numbers, got dtype {y.dtype}")
         y = np.asarray(y, dtype=np.float64)
-        if not np.isfinite(y).all():
-            raise ValueError(f"y must be finite; found {y[~np.isfinite(y)][0].item()!r}")
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(y.astype(dtype))       # 1e300 is inf in a float32 model
+        if bad.any():
+            b, k = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"y[{b}, {k}] = {y[b, k].item()!r} is not finite in the model's dtype {np.dtype(dtype)}")
         return y
 
     def loss_and_grad(self, p, g, out, y, lengths, split, need_grad=True, last_step_grad=None):
@@ -260,7 +265,7 @@ class CTC(_LinearHead):
         """Number of classes C = n_labels + 1 (the blank included)."""
         return self.n_labels + 1
 
-    def check_targets(self, y, lengths, T, label_lengths=None):
+    def check_targets(self, y, lengths, T, label_lengths=None, dtype=np.float64):
         """(labels (B, S) int64, label_lengths (B,) int64), checked against ``lengths``."""
         y, label_lengths = ctc.check_labels(y, label_lengths, lengths.shape[0], self.n, self.blank, "y")
         valid = np.arange(y.shape[1])[None, :] < label_lengths[:, None]          # (B, S)

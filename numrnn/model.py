@@ -270,7 +270,7 @@ class SequenceModel:
         """The head's loss (float); no gradient. ``label_lengths`` (B,): the CTC head's
         number of labels per row of y (other heads ignore it)."""
         x, lengths, state = self._prepare(x, lengths, initial_state, time_major)
-        y = self.head.check_targets(y, lengths, x.shape[0], label_lengths)
+        y = self.head.check_targets(y, lengths, x.shape[0], label_lengths, self.dtype)
         out = self._forward(x, lengths, state)
         loss, _ = self.head.loss_and_grad(self.head_params, None, out, y, lengths, self._split, need_grad=False)
         return loss
@@ -286,7 +286,7 @@ class SequenceModel:
             if not isinstance(flag, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
         x, lengths, state = self._prepare(x, lengths, initial_state, time_major)
-        y = self.head.check_targets(y, lengths, x.shape[0], label_lengths)
+        y = self.head.check_targets(y, lengths, x.shape[0], label_lengths, self.dtype)
         out = self._forward(x, lengths, state, train=train)
         self.grads[:] = 0.0
         loss, dout = self.head.loss_and_grad(self.head_params, self.head_grads, out, y, lengths, self._split,

@@ -194,7 +194,7 @@ def _check_split(model, split, name):
         raise ValueError(f"{name}.x must hold numbers, got dtype {split.x.dtype}")
     try:
         lengths = check_lengths(split.lengths, N, T)
-        model.head.check_targets(split.y, lengths, T, split.label_lengths)
+        model.head.check_targets(split.y, lengths, T, split.label_lengths, model.dtype)
     except ValueError as e:
         raise ValueError(f"{name} split: {e}") from None
     for lo in range(0, N, 4096):          # in the model's dtype, as a batch sees it (1e300 is inf in float32)

@@ -230,6 +230,22 @@ def test_bad_input_and_state_name_the_argument(call, message):
             call(model)
 
 
+def test_regress_targets_must_be_finite_in_the_models_dtype():
+    y = np.zeros((3, 2))
+    y[1, 0] = 1e100
+    x = np.zeros((3, 4, F))
+    single = nr.SequenceModel(F, [nr.RNN(3)], head=nr.heads.Regress(2), dtype=np.float32, seed=0)
+    with pytest.raises(ValueError, match=r"y\[1, 0\] = 1e\+100 is not finite in the model's dtype float32"):
+        single.loss_and_grad(x, y)
+    with pytest.raises(ValueError, match=r"y\[1, 0\] = 1e\+100 is not finite in the model's dtype float32"):
+        single.loss(x, y)
+    double = nr.SequenceModel(F, [nr.RNN(3)], head=nr.heads.Regress(2), dtype=np.float64, seed=0)
+    assert np.isfinite(double.loss_and_grad(x, y))
+    y[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"y\[1, 0\] = nan is not finite in the model's dtype float64"):
+        double.loss(x, y)
+
+
 @pytest.mark.parametrize("seed", [None, 1.5, -1, True])
 def test_bad_seed_is_refused(seed):
     with pytest.raises(ValueError, match=f"seed must be an integer >= 0, got {seed!r}"):

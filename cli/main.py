@@ -741,25 +741,22 @@ def predict_command(model_target, input_path, lengths_path, beam, output, thread
     except ValueError as e:
         hint = "'--lengths'" if str(e).startswith("lengths") else "'INPUT'"
         raise click.BadParameter(str(e), param_hint=hint) from None
-    if output is not None and output.lower().endswith(".npy"):
-        if isinstance(model.head, nr.heads.CTC):
-            raise click.BadParameter("CTC decodings are label lists of different lengths; write .jsonl",
-                                     param_hint="'--output'")
-        from numrnn.io import atomic_write
-        try:
-            atomic_write(output, lambda f: np.save(f, pred))
-        except OSError as e:
-            raise click.BadParameter(str(e), param_hint="'--output'") from None
-        return
-    lines = "".join(json.dumps(r) + "\n" for r in _records(model, pred, lengths, x.shape[1]))
+    from numrnn.io import atomic_write, write_text
+    as_npy = output is not None and output.lower().endswith(".npy")
+    if as_npy and isinstance(model.head, nr.heads.CTC):
+        raise click.BadParameter("CTC decodings are label lists of different lengths; write .jsonl",
+                                 param_hint="'--output'")
+    lines = None if as_npy else "".join(json.dumps(r) + "\n" for r in _records(model, pred, lengths, x.shape[1]))
     if output is None:
         click.echo(lines, nl=False)
-    else:
-        from numrnn.io import write_text
-        try:
+        return
+    try:
+        if as_npy:
+            atomic_write(output, lambda f: np.save(f, pred))
+        else:
             write_text(output, lines)
-        except OSError as e:
-            raise click.BadParameter(str(e), param_hint="'--output'") from None
+    except OSError as e:
+        raise click.BadParameter(str(e), param_hint="'--output'") from None
 
 
 @main.command("info")

@@ -78,10 +78,10 @@ def workspace_arrays(shapes, dtype, min_bytes=2 * HUGE_PAGE):
         mapping.madvise(advice)
     except OSError:          # a kernel without transparent huge pages: ordinary pages
         pass
-    memory = np.frombuffer(mapping, np.uint8)       # zeroed, as every new anonymous mapping
-    start = -memory.ctypes.data % HUGE_PAGE
+    block = np.frombuffer(mapping, np.uint8)        # zeroed, as every new anonymous mapping
+    start = -block.ctypes.data % HUGE_PAGE
     arrays = {}
     for (name, shape), count, size in zip(shapes.items(), counts, sizes):
-        arrays[name] = memory[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+        arrays[name] = block[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
         start += size
     return arrays

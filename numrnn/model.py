@@ -345,7 +345,7 @@ def check_lengths(lengths, B, T):
     if arr.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},), one per sequence, got {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if arr.dtype.kind not in "fu" or not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        if arr.dtype.kind != "f" or not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
             raise ValueError(f"lengths must be integers, got {arr!r}")
     bad = np.flatnonzero((arr < 0) | (arr > T))
     if bad.size:

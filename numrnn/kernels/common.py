@@ -392,7 +392,8 @@ def slab_partials(grad, n_slabs):
     The backward kernels add each slab's share of a weight gradient at every step,
     while dz_t is in cache (gemm.matmul_add: dW += x_t^T dz_t, a few hundred rows of
     inner dimension), instead of keeping every dz_t for one product over the whole
-    sequence afterwards, which would stream them all back from memory. add_slab_sums then adds the slabs up.
+    sequence afterwards, which would stream them all back from memory. add_slab_sums
+    then adds the slabs up.
     """
     return np.zeros((n_slabs,) + grad.shape, grad.dtype)
 

@@ -101,7 +101,7 @@ class Classify(_LinearHead):
         B = logits.shape[0]
         dlogits = np.empty_like(logits)
         losses = np.empty(B, logits.dtype)
-        softmax_cross_entropy(dlogits, losses, logits, y, 1.0 / B)
+        softmax_cross_entropy.for_elements(logits.size)(dlogits, losses, logits, y, 1.0 / B)
         loss = float(losses.sum(dtype=np.float64) / B)
         if not need_grad:
             return loss, None
@@ -157,7 +157,8 @@ class Tag(_LinearHead):
         logits = features @ p["W"] + p["b"]
         dlogits = np.empty_like(logits)
         losses = np.empty(N, logits.dtype)
-        softmax_cross_entropy(dlogits, losses, logits, np.ascontiguousarray(y[rows, steps - self.delay]), 1.0 / N)
+        softmax_cross_entropy.for_elements(logits.size)(dlogits, losses, logits,
+                                                        np.ascontiguousarray(y[rows, steps - self.delay]), 1.0 / N)
         loss = float(losses.sum(dtype=np.float64) / N)
         if not need_grad:
             return loss, None
@@ -206,7 +207,7 @@ class Regress(_LinearHead):
         B, K = pred.shape
         dpred = np.empty_like(pred)
         errors = np.empty(B, pred.dtype)
-        squared_error(dpred, errors, pred, y.astype(pred.dtype), 1.0 / (B * K))
+        squared_error.for_elements(pred.size)(dpred, errors, pred, y.astype(pred.dtype), 1.0 / (B * K))
         loss = float(errors.sum(dtype=np.float64) / (B * K))
         if not need_grad:
             return loss, None

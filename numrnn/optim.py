@@ -140,7 +140,7 @@ def _norm_workspace(n):
 def global_norm(x):
     """Euclidean norm of a 1-D array, accumulated in float64; the same value for any
     thread count (fixed chunks, partial sums added in a fixed order)."""
-    return kernels.global_norm(_norm_workspace(x.shape[0]), x)
+    return kernels.global_norm.for_elements(x.shape[0])(_norm_workspace(x.shape[0]), x)
 
 
 def clip_grad_norm_(x, max_norm):
@@ -198,7 +198,8 @@ class _Optimizer:
 
     def grad_norm(self):
         """Global Euclidean norm of ``model.grads`` (one read of the gradients)."""
-        return kernels.global_norm(self._norm_partial, self._buffers()[1])
+        grads = self._buffers()[1]
+        return kernels.global_norm.for_elements(grads.shape[0])(self._norm_partial, grads)
 
     def step(self):
         """Update ``model.params`` in place from ``model.grads``, clipped to a global
@@ -211,7 +212,7 @@ class _Optimizer:
         params, grads = self._buffers()
         norm, scale = None, 1.0
         if self.clip_norm is not None:
-            norm = kernels.global_norm(self._norm_partial, grads)
+            norm = self.grad_norm()
             scale = min(1.0, self.clip_norm / (norm + 1e-6))
         self._update(params, grads, scale, self.lr, self.step_count + 1)
         self.step_count += 1
@@ -288,8 +289,9 @@ class Adam(_Optimizer):
                 "decoupled_weight_decay": self.decoupled_weight_decay}
 
     def _update(self, params, grads, grad_scale, lr, step):
-        kernels.adam_step(params, self.exp_avg, self.exp_avg_sq, grads, grad_scale, lr, *self.betas,
-                          self.eps, self.weight_decay, self.decoupled_weight_decay, step)
+        kernels.adam_step.for_elements(params.shape[0])(params, self.exp_avg, self.exp_avg_sq, grads, grad_scale, lr,
+                                                        *self.betas, self.eps, self.weight_decay,
+                                                        self.decoupled_weight_decay, step)
 
 
 class SGD(_Optimizer):
@@ -322,8 +324,8 @@ class SGD(_Optimizer):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
 
     def _update(self, params, grads, grad_scale, lr, step):
-        kernels.sgd_step(params, self.momentum_buffer, grads, grad_scale, lr, self.momentum,
-                         self.nesterov, self.weight_decay)
+        kernels.sgd_step.for_elements(params.shape[0])(params, self.momentum_buffer, grads, grad_scale, lr,
+                                                       self.momentum, self.nesterov, self.weight_decay)
 
 
 OPTIMIZERS = {"Adam": Adam, "SGD": SGD}

@@ -33,6 +33,11 @@ def get_num_threads():
 
 MIN_SLAB_ROWS = 8
 
+# Elementwise work (an optimiser's update, a loss over logits) of fewer elements runs
+# on one thread: waking the pool's other threads took 15-110 us on the virtual machines
+# measured, an Adam update of 64K parameters about 30 us on one thread.
+MIN_PARALLEL_ELEMENTS = 1 << 16
+
 
 def slabs_for(rows):
     """Row slabs for a kernel over ``rows`` batch rows: one per thread, but none under
@@ -44,20 +49,12 @@ def slabs_for(rows):
 
 
 def prepare_kernels():
-    """Before the first kernel runs (once per process): start Numba's thread pool, and
-    run the BLAS that Numba's np.dot calls on one thread.
-
-    The serial builds of the kernels call parallel helpers (kernels.common.shared),
-    so their machine code calls the thread pool's scheduling functions, whose
-    addresses Numba's linker learns when the pool starts. Loaded from the cache
-    before it had started (a small batch runs only serial builds), such a kernel
-    called address 0 and crashed the process.
-    """
+    """Before the first kernel runs (once per process): run the BLAS that Numba's
+    np.dot calls on one thread."""
     global _kernels_prepared
     if _kernels_prepared:
         return
     _kernels_prepared = True
-    numba.get_num_threads()          # starts the pool (numba's threading layer) if it has not started
     import scipy.linalg.cython_blas  # noqa: F401  (Numba's np.dot calls this BLAS; load it now)
 
     for path in _loaded_libraries():

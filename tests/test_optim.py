@@ -7,6 +7,7 @@ import pytest
 import numrnn as nr
 from numrnn import optim
 from numrnn.kernels.common import ParallelKernel
+from numrnn.threads import MIN_PARALLEL_ELEMENTS
 
 # The update kernels run over chunks of CHUNK elements: N spans two whole chunks and a
 # ragged third, so that chunk offsets and ends are checked. Split into torch tensors of:
@@ -124,12 +125,35 @@ def test_clip_grad_norm_matches_torch():
 
 
 def test_global_norm_independent_of_threads(serial_kernels):
-    # Several chunks, so that the parallel build splits the work.
-    x = np.random.default_rng(0).standard_normal(3 * CHUNK + 7).astype(np.float32)
+    # Enough elements for the parallel build (threads.MIN_PARALLEL_ELEMENTS), which splits the work.
+    x = np.random.default_rng(0).standard_normal(MIN_PARALLEL_ELEMENTS + 3 * CHUNK + 7).astype(np.float32)
     serial = optim.global_norm(x)
     ParallelKernel.serial = False
     assert optim.global_norm(x) == serial
     np.testing.assert_allclose(serial, np.linalg.norm(x.astype(np.float64)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda m: nr.Adam(m, lr=0.05, weight_decay=0.1, clip_norm=3.0),
+                                  lambda m: nr.SGD(m, lr=0.05, momentum=0.9, nesterov=True, clip_norm=3.0)])
+def test_updates_independent_of_threads(make, serial_kernels):
+    """Large updates run the parallel builds, small ones the serial builds; both give
+    the same numbers."""
+    n = MIN_PARALLEL_ELEMENTS + CHUNK + 37
+    assert optim.kernels.adam_step.for_elements(n) is optim.kernels.adam_step
+    assert optim.kernels.adam_step.for_elements(MIN_PARALLEL_ELEMENTS - 1) is optim.kernels.adam_step.serial_build
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    results = []
+    for serial in (True, False):
+        ParallelKernel.serial = serial
+        model = SimpleNamespace(params=np.linspace(-1, 1, n, dtype=np.float32), grads=np.zeros(n, np.float32))
+        opt = make(model)
+        for g in grads:
+            model.grads[:] = g
+            opt.step()
+        results.append(model.params)
+    assert (results[0] == results[1]).all()
+    assert not (results[0] == np.linspace(-1, 1, n, dtype=np.float32)).all()
 
 
 @pytest.mark.parametrize("name", ["adamw", "sgd_nesterov_wd"])

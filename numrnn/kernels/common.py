@@ -17,7 +17,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ..threads import prepare_kernels, slabs_for
+from ..threads import MIN_PARALLEL_ELEMENTS, prepare_kernels, slabs_for
 from .gemm import matmul
 
 # error_model="numpy": a float division by zero gives inf/nan instead of raising,
@@ -258,8 +258,16 @@ class ParallelKernel:
     def for_rows(self, rows):
         """This kernel for a loop over ``rows`` rows: its serial build when they are
         too few to share out between threads (threads.slabs_for), called directly."""
+        return self._build(slabs_for(rows) == 1)
+
+    def for_elements(self, n):
+        """This kernel for elementwise work over ``n`` elements: its serial build below
+        threads.MIN_PARALLEL_ELEMENTS, called directly."""
+        return self._build(n < MIN_PARALLEL_ELEMENTS)
+
+    def _build(self, serial):
         prepare_kernels()
-        return self.serial_build if slabs_for(rows) == 1 else self
+        return self.serial_build if serial else self
 
     def __call__(self, *args):
         prepare_kernels()
@@ -341,8 +349,10 @@ def slab(s, n_slabs, n):
 
 # The passes after the time loop are compiled once, on their own, and
 # called by every cell's kernels: inlined, each kernel would compile its own copy (and
-# cold compilation would take twice as long).
-shared = numba.njit(parallel=dict(_PRANGE_ONLY), cache=True, error_model="numpy")
+# cold compilation would take twice as long). Serial: each adds up a few hundred
+# kilobytes at most, less work than waking the pool's threads (15-110 us on the
+# virtual machines measured), and a parallel build compiled their array += twice as slow.
+shared = numba.njit(cache=True, error_model="numpy")
 
 
 @jit
@@ -417,7 +427,7 @@ def add_slab_sums(grad, partials):
 
 @shared
 def add_into(out, a):
-    """out += a for 2-D arrays of one shape, rows in parallel."""
-    for i in prange(out.shape[0]):
+    """out += a for 2-D arrays of one shape."""
+    for i in range(out.shape[0]):
         for j in range(out.shape[1]):
             out[i, j] += a[i, j]

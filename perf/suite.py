@@ -24,7 +24,10 @@ How a case is measured
    (a machine so oversubscribed that a step takes seconds) gets fewer rounds, at
    least one, and a "capped" note in its record.
 5. Report medians with min and max; ratios are torch median / numrnn median
-   (above 1: numrnn is faster).
+   (above 1: numrnn is faster). Beside them, "by round": the median of each
+   round's own ratio, torch best / numrnn, whose samples were taken seconds
+   apart; a slow spell that falls on some rounds moves it less than it moves
+   the ratio of medians.
 
 PyTorch default runs in this process, imported before numrnn so that numrnn's
 ``OMP_WAIT_POLICY=PASSIVE`` does not reach torch's OpenMP runtime; before each
@@ -214,9 +217,7 @@ def run_case(spec, threads, settings, worker, log):
     for side in names:
         record[side] = summary(samples[side])
         record[side]["calls_per_sample"] = calls[side]
-    for variant in ("best", "default"):
-        if f"torch_{variant}" in record:
-            record[f"ratio_{variant}"] = record[f"torch_{variant}"]["median"] / record["numrnn"]["median"]
+    record.update(ratios(samples))
     flops = cases_module.step_flops(spec)
     if flops:
         record["flops"] = flops
@@ -226,6 +227,20 @@ def run_case(spec, threads, settings, worker, log):
         worker.request("drop", f"{spec['name']}@{threads}")
     log(format_row(record))
     return record
+
+
+def ratios(samples):
+    """{side: samples, one per round} -> ratio_<variant>, torch median / numrnn median,
+    and round_ratio_<variant>, the median of the rounds' own ratios, for each torch
+    variant timed."""
+    ours = np.asarray(samples["numrnn"])
+    out = {}
+    for variant in ("best", "default"):
+        if f"torch_{variant}" in samples:
+            theirs = np.asarray(samples[f"torch_{variant}"])
+            out[f"ratio_{variant}"] = float(np.median(theirs) / np.median(ours))
+            out[f"round_ratio_{variant}"] = float(np.median(theirs / ours))
+    return out
 
 
 # ----------------------------------------------------------------------------- GEMM at the step's shapes
@@ -330,7 +345,7 @@ def fmt_side(rec):
 
 
 HEADER = (f"{'case':34s} {'thr':>3s}  {'numrnn median [min-max]':32s} {'torch default':16s} "
-          f"{'torch best':16s} {'best/ours':>9s} {'dflt/ours':>9s}")
+          f"{'torch best':16s} {'best/ours':>9s} {'dflt/ours':>9s} {'by round':>8s}")
 
 
 def format_row(rec):
@@ -339,7 +354,8 @@ def format_row(rec):
     td = fmt_time(rec["torch_default"]["median"]) if "torch_default" in rec else "-"
     tb = fmt_time(rec["torch_best"]["median"]) if "torch_best" in rec else "-"
     return (f"{rec['name']:34s} {rec['threads']:>3d}  {fmt_side(rec['numrnn']):32s} {td:16s} {tb:16s} "
-            f"{ratio('ratio_best'):>9s} {ratio('ratio_default'):>9s}  n={rec['numrnn']['n']}"
+            f"{ratio('ratio_best'):>9s} {ratio('ratio_default'):>9s} {ratio('round_ratio_best'):>8s}"
+            f"  n={rec['numrnn']['n']}"
             + (" (capped)" if "capped" in rec else ""))
 
 

@@ -115,3 +115,16 @@ def test_thread_scaling_alternates_both_counts(monkeypatch):
     assert "1 and 2 threads alternating" in suite.format_report(
         {"created": "x", "machine": {"cpu": "c", "cpu_count": 2}, "load_start": [], "load_end": [], "cases": [],
          "scaling": [rec]})
+
+
+def test_round_ratio_sees_through_a_slow_spell():
+    """A spell that slows both sides threefold from round 5 on (for PyTorch from
+    round 6: it began between the two samples) moves the ratio of medians to 0.43;
+    the median of the rounds' own ratios stays at the true 1.3."""
+    from perf import suite
+    ours = 0.010 * np.array([1.0] * 5 + [3.0] * 6)
+    theirs = 0.013 * np.array([1.0] * 6 + [3.0] * 5)
+    r = suite.ratios({"numrnn": list(ours), "torch_best": list(theirs)})
+    assert r["round_ratio_best"] == pytest.approx(1.3)
+    assert r["ratio_best"] == pytest.approx(0.013 / 0.030)
+    assert "ratio_default" not in r

@@ -54,6 +54,15 @@ def keep_freed_memory():
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def freed_memory_environment(environ):
+    """keep_freed_memory's thresholds as the environment variables glibc reads when a
+    process starts, for a child process that should run with them: {} when environ
+    holds an allocator setting of the user's own."""
+    if any(name in environ for name in _USER_SETTINGS):
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+
+
 HUGE_PAGE = 2 << 20
 ALIGNMENT = 64              # each array starts on a cache line
 

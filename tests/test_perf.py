@@ -1,6 +1,7 @@
 """perf/: the regression gate's rule on synthetic results, the FLOP formulas, and the
 numrnn-to-torch weight mapping of the benchmark cases. No timing is asserted."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -128,3 +129,25 @@ def test_round_ratio_sees_through_a_slow_spell():
     assert r["round_ratio_best"] == pytest.approx(1.3)
     assert r["ratio_best"] == pytest.approx(0.013 / 0.030)
     assert "ratio_default" not in r
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_torch_worker_starts_with_numrnns_allocator_thresholds(monkeypatch):
+    """PyTorch at its best is spared the page faults that PyTorch default, in the
+    suite's process, is spared (numrnn.memory); a user's own setting is kept."""
+    pytest.importorskip("torch")
+    from numrnn import memory
+    from perf import suite
+    clean = {k: v for k, v in suite.USER_ENV.items() if k not in memory._USER_SETTINGS}
+    monkeypatch.setattr(suite, "USER_ENV", clean)
+    monkeypatch.setattr(suite, "WORKER_ALLOCATOR_ENV", memory.freed_memory_environment(clean))
+    worker = suite.Worker()
+    try:
+        with open(f"/proc/{worker.proc.pid}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if item)
+        assert worker.request("threads", 1) == 1
+    finally:
+        worker.close()
+    assert env[b"MALLOC_MMAP_THRESHOLD_"] == str(memory.MMAP_THRESHOLD).encode()
+    assert env[b"MALLOC_TRIM_THRESHOLD_"] == str(memory.TRIM_THRESHOLD).encode()
+    assert memory.freed_memory_environment({**clean, "MALLOC_MMAP_THRESHOLD_": "65536"}) == {}

@@ -53,7 +53,9 @@ def adam_step(params, exp_avg, exp_avg_sq, grads, grad_scale, lr, beta1, beta2, 
     t = params.dtype.type
     scale = t(grad_scale)
     step_size = t(lr / (1.0 - beta1 ** step))
-    bc2_sqrt = t(math.sqrt(1.0 - beta2 ** step))
+    # A product instead of PyTorch's division by sqrt(1-b2^t): one division fewer per
+    # element, where the divider also computes the square root (at most an ulp apart).
+    inv_bc2_sqrt = t(1.0 / math.sqrt(1.0 - beta2 ** step))
     decay = t(1.0 - lr * weight_decay) if decoupled else t(1.0)
     l2 = t(0.0) if decoupled else t(weight_decay)
     b1, b2, c1, c2, e = t(beta1), t(beta2), t(1.0 - beta1), t(1.0 - beta2), t(eps)
@@ -68,7 +70,7 @@ def adam_step(params, exp_avg, exp_avg_sq, grads, grad_scale, lr, beta1, beta2, 
             v = b2 * v_[i] + c2 * (g * g)
             m_[i] = m
             v_[i] = v
-            p[i] = p[i] * decay - step_size * (m / (math.sqrt(v) / bc2_sqrt + e))
+            p[i] = p[i] * decay - step_size * (m / (math.sqrt(v) * inv_bc2_sqrt + e))
         restore_fp_mode(mode)
 
 

@@ -72,7 +72,7 @@ class Recurrent:
         Accumulates parameter gradients into the grads views. Returns (dx or None,
         {state name: dL/d initial state})."""
         T, B, F = self.x.shape
-        dx = np.zeros((T, B, F), self.dtype) if need_dx else np.zeros((1, 1, 1), self.dtype)
+        dx = np.empty((T, B, F), self.dtype) if need_dx else np.zeros((1, 1, 1), self.dtype)    # the kernel writes it
         dstate0 = {name: np.zeros((B, size), self.dtype) for name, size in self.state_sizes.items()}
         self._backward(dx, dstate0, dy, dstate_T, need_dx)
         return (dx if need_dx else None), dstate0

@@ -397,15 +397,22 @@ def input_projection(z, x, W, b, n_slabs):
 
 @jit
 def slab_partials(grad, n_slabs):
-    """Zeroed per-slab partial sums of a gradient: (n_slabs,) + grad.shape.
+    """Zeroed partial sums of a gradient for slabs 1 to n_slabs - 1: (n_slabs - 1,) +
+    grad.shape. Slab 0 adds into grad itself (slab_share).
 
     The backward kernels add each slab's share of a weight gradient at every step,
     while dz_t is in cache (gemm.matmul_add: dW += x_t^T dz_t, a few hundred rows of
     inner dimension), instead of keeping every dz_t for one product over the whole
     sequence afterwards, which would stream them all back from memory. add_slab_sums
-    then adds the slabs up.
+    then adds the other slabs' sums to grad.
     """
-    return np.zeros((n_slabs,) + grad.shape, grad.dtype)
+    return np.zeros((n_slabs - 1,) + grad.shape, grad.dtype)
+
+
+@jit
+def slab_share(grad, partials, s):
+    """Where slab s adds its share of a gradient: grad for slab 0, else its partial sum."""
+    return grad if s == 0 else partials[s - 1]
 
 
 @jit
@@ -419,8 +426,8 @@ def add_column_sums(total, rows):
 
 @shared
 def add_slab_sums(grad, partials):
-    """grad += the slabs' partial sums, added in slab order: the result depends on the
-    thread count only through rounding, and not on timing."""
+    """grad += the partial sums of slabs 1, 2, ... in slab order: the result depends on
+    the thread count only through rounding, and not on timing."""
     for s in range(partials.shape[0]):
         grad += partials[s]
 

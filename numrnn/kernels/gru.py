@@ -24,7 +24,7 @@ from numba import prange
 from .activations import sigmoid_into, tanh_into
 from .common import (ONE, add_column_sums, add_into, add_slab_sums, copy_into, copy_rows, flush_subnormals,
                      input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
-                     project_step, restore_fp_mode, slab, slab_partials)
+                     project_step, restore_fp_mode, slab, slab_partials, slab_share)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -160,11 +160,11 @@ def _gru_gates_backward(dz_g, dln_gain, dln_shift, dh_carry, d_rh, gates, ln_hat
 def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shift, dy, dhT,
                  h, gates, cand, rh, ln_hat, ln_rstd, x, W_g, U_g, W_c, U_c, ln_gain, state_mask, lengths, need_dx,
                  dz_g, dz_c, dh_carry, dh_rec, d_rh, dln_gain_rows, dln_shift_rows, n_slabs):
-    """Backpropagation through time for the TF GRUCell; accumulates (+=) into dx and
-    the parameter gradients, writes dh0.
+    """Backpropagation through time for the TF GRUCell; accumulates (+=) into the
+    parameter gradients, writes dx and dh0.
 
     Args:
-        dx: (T, B, F) += dL/dx when need_dx.  dh0: (B, H) out.
+        dx: (T, B, F) out: dL/dx when need_dx.  dh0: (B, H) out.
         dln_gain, dln_shift: (3, H) or (0, H); db_g, db_c (0,) with layer norm.
         dy: (T, B, H).  dhT: (B, H) dL/d(final state).
         h, gates, cand, rh, ln_hat, ln_rstd: saved by gru_forward.
@@ -200,15 +200,15 @@ def gru_backward(dx, dh0, dW_g, dU_g, db_g, dW_c, dU_c, db_c, dln_gain, dln_shif
                                     d_rh[row], gates[t, row], ln_hat[t, row], ln_rstd[t, row], h[t, row], ln_gain,
                                     t < lengths[row])
             matmul(dz_g[lo:hi], U_g.T, packed_U_g_T, dh_rec[lo:hi])
-            # This step's share of the weight gradients (common.slab_partials), and dx.
-            matmul_add(x[t, lo:hi].T, dz_g[lo:hi], None, dW_g_slabs[s])
-            matmul_add(h[t, lo:hi].T, dz_g[lo:hi], None, dU_g_slabs[s])
-            add_column_sums(db_g_slabs[s], dz_g[lo:hi])
-            matmul_add(x[t, lo:hi].T, dz_c[lo:hi], None, dW_c_slabs[s])
-            matmul_add(rh[t, lo:hi].T, dz_c[lo:hi], None, dU_c_slabs[s])
-            add_column_sums(db_c_slabs[s], dz_c[lo:hi])
+            # This step's share of the weight gradients (common.slab_partials, slab_share), and dx.
+            matmul_add(x[t, lo:hi].T, dz_g[lo:hi], None, slab_share(dW_g, dW_g_slabs, s))
+            matmul_add(h[t, lo:hi].T, dz_g[lo:hi], None, slab_share(dU_g, dU_g_slabs, s))
+            add_column_sums(slab_share(db_g, db_g_slabs, s), dz_g[lo:hi])
+            matmul_add(x[t, lo:hi].T, dz_c[lo:hi], None, slab_share(dW_c, dW_c_slabs, s))
+            matmul_add(rh[t, lo:hi].T, dz_c[lo:hi], None, slab_share(dU_c, dU_c_slabs, s))
+            add_column_sums(slab_share(db_c, db_c_slabs, s), dz_c[lo:hi])
             if need_dx:
-                matmul_add(dz_g[lo:hi], W_g.T, packed_W_g_T, dx[t, lo:hi])
+                matmul(dz_g[lo:hi], W_g.T, packed_W_g_T, dx[t, lo:hi])
                 matmul_add(dz_c[lo:hi], W_c.T, packed_W_c_T, dx[t, lo:hi])
         restore_fp_mode(mode)
     copy_rows(dh0, dh_carry)
@@ -315,11 +315,11 @@ def _gru_ra_step_backward(da, dq, dh_carry, dh_rec, dy, gates, q_c, h_prev, mask
 @kernel
 def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U, state_mask, lengths, need_dx,
                     da, dq, dh_carry, dh_rec, n_slabs):
-    """Backpropagation through time for the reset-after GRU; accumulates (+=) into dx
-    and the parameter gradients, writes dh0.
+    """Backpropagation through time for the reset-after GRU; accumulates (+=) into
+    the parameter gradients, writes dx and dh0.
 
     Args:
-        dx: (T, B, F) += dL/dx when need_dx.  dh0: (B, H) out.
+        dx: (T, B, F) out: dL/dx when need_dx.  dh0: (B, H) out.
         dy: (T, B, H).  dhT: (B, H) dL/d(final state).
         h, gates, q_c: saved by gru_ra_forward.
         da, dq: (B, 3H), dh_carry, dh_rec: (B, H) workspaces.
@@ -342,13 +342,13 @@ def gru_ra_backward(dx, dh0, dW, dU, db_x, db_h, dy, dhT, h, gates, q_c, x, W, U
                                       gates[t, row], q_c[t, row], h[t, row], mask_row(state_mask, t, row),
                                       t < lengths[row])
             matmul(dq[lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
-            # This step's share of the weight gradients (common.slab_partials), and dx.
-            matmul_add(x[t, lo:hi].T, da[lo:hi], None, dW_slabs[s])
-            add_column_sums(db_x_slabs[s], da[lo:hi])
-            matmul_add(h[t, lo:hi].T, dq[lo:hi], None, dU_slabs[s])
-            add_column_sums(db_h_slabs[s], dq[lo:hi])
+            # This step's share of the weight gradients (common.slab_partials, slab_share), and dx.
+            matmul_add(x[t, lo:hi].T, da[lo:hi], None, slab_share(dW, dW_slabs, s))
+            add_column_sums(slab_share(db_x, db_x_slabs, s), da[lo:hi])
+            matmul_add(h[t, lo:hi].T, dq[lo:hi], None, slab_share(dU, dU_slabs, s))
+            add_column_sums(slab_share(db_h, db_h_slabs, s), dq[lo:hi])
             if need_dx:
-                matmul_add(da[lo:hi], W.T, packed_W_T, dx[t, lo:hi])
+                matmul(da[lo:hi], W.T, packed_W_T, dx[t, lo:hi])
         restore_fp_mode(mode)
     copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)

@@ -23,7 +23,7 @@ from numba import prange
 from .activations import sigmoid_into, tanh_into
 from .common import (ONE, ZERO, add_column_sums, add_into, add_slab_sums, clip, copy_into, copy_rows,
                      flush_subnormals, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
-                     project_step, restore_fp_mode, slab, slab_partials)
+                     project_step, restore_fp_mode, slab, slab_partials, slab_share)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -219,11 +219,11 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
                   r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
                   x, W, U, peep, P, ln_gain, state_mask, lengths, cell_clip, proj_clip, need_dx,
                   dz, dr, dm, dr_carry, dr_rec, dpeep_rows, dln_gain_rows, dln_shift_rows, n_slabs):
-    """Backpropagation through time. Accumulates (+=) into dx and the parameter
-    gradients; writes dr0, dc0.
+    """Backpropagation through time. Accumulates (+=) into the parameter gradients;
+    writes dx, dr0, dc0.
 
     Args:
-        dx: (T, B, F) += dL/dx, only when need_dx.  dr0: (B, R), dc0: (B, H) out.
+        dx: (T, B, F) out: dL/dx, only when need_dx.  dr0: (B, R), dc0: (B, H) out.
         dW (F, 4H), dU (R, 4H), db (4H,) or (0,), dpeep (3, H) or (0, H), dP (H, proj)
             or (0, 0), dln_gain, dln_shift (5, H) or (0, H): parameter gradients.
         dy: (T, B, R) dL/dy.  drT: (B, R), dcT: (B, H) dL/d(final state).
@@ -265,14 +265,14 @@ def lstm_backward(dx, dr0, dc0, dW, dU, db, dpeep, dP, dln_gain, dln_shift, dy, 
                                     c_pre[t, row], ln_hat[t, row], ln_rstd[t, row], peep, ln_gain, cell_clip,
                                     t < lengths[row])
             matmul(dz[lo:hi], U.T, packed_U_T, dr_rec[lo:hi])
-            # This step's share of the weight gradients (common.slab_partials), and dx.
-            matmul_add(x[t, lo:hi].T, dz[lo:hi], None, dW_slabs[s])
-            matmul_add(r[t, lo:hi].T, dz[lo:hi], None, dU_slabs[s])
-            add_column_sums(db_slabs[s], dz[lo:hi])
+            # This step's share of the weight gradients (common.slab_partials, slab_share), and dx.
+            matmul_add(x[t, lo:hi].T, dz[lo:hi], None, slab_share(dW, dW_slabs, s))
+            matmul_add(r[t, lo:hi].T, dz[lo:hi], None, slab_share(dU, dU_slabs, s))
+            add_column_sums(slab_share(db, db_slabs, s), dz[lo:hi])
             if proj:
-                matmul_add(m[t, lo:hi].T, dr[lo:hi], None, dP_slabs[s])
+                matmul_add(m[t, lo:hi].T, dr[lo:hi], None, slab_share(dP, dP_slabs, s))
             if need_dx:
-                matmul_add(dz[lo:hi], W.T, packed_W_T, dx[t, lo:hi])
+                matmul(dz[lo:hi], W.T, packed_W_T, dx[t, lo:hi])
         restore_fp_mode(mode)
     copy_rows(dr0, dr_carry)
     add_into(dr0, dr_rec)

@@ -10,7 +10,7 @@ from numba import prange
 from .activations import tanh_into
 from .common import (ONE, ZERO, add_column_sums, add_into, add_slab_sums, copy_into, copy_rows, flush_subnormals,
                      input_projection, jit, kernel, mask_row, project_step, relu, restore_fp_mode, slab,
-                     slab_partials)
+                     slab_partials, slab_share)
 from .gemm import matmul, matmul_add, pack
 
 
@@ -91,10 +91,10 @@ def _rnn_step_backward(dz, dh_carry, dh_rec, dy, y, mask, valid, use_relu):
 @kernel
 def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, lengths, use_relu, need_dx,
                  dz, dh_carry, dh_rec, n_slabs):
-    """Backpropagation through time. Accumulates (+=) into dx, dW, dU, db; writes dh0.
+    """Backpropagation through time. Accumulates (+=) into dW, dU, db; writes dx and dh0.
 
     Args:
-        dx: (T, B, F) += dL/dx, only when need_dx.  dh0: (B, H) out: dL/dh[0].
+        dx: (T, B, F) out: dL/dx, only when need_dx.  dh0: (B, H) out: dL/dh[0].
         dW (F, H), dU (H, H), db (H,): parameter gradients.
         dy: (T, B, H) dL/dy.  dhT: (B, H) dL/d(final state).
         y, h: outputs and states saved by rnn_forward.
@@ -117,12 +117,12 @@ def rnn_backward(dx, dh0, dW, dU, db, dy, dhT, y, h, x, W, U, state_mask, length
                 _rnn_step_backward(dz[row], dh_carry[row], dh_rec[row], dy[t, row], y[t, row],
                                    mask_row(state_mask, t, row), t < lengths[row], use_relu)
             matmul(dz[lo:hi], U.T, packed_U_T, dh_rec[lo:hi])
-            # This step's share of the weight gradients (common.slab_partials), and dx.
-            matmul_add(x[t, lo:hi].T, dz[lo:hi], None, dW_slabs[s])
-            matmul_add(h[t, lo:hi].T, dz[lo:hi], None, dU_slabs[s])
-            add_column_sums(db_slabs[s], dz[lo:hi])
+            # This step's share of the weight gradients (common.slab_partials, slab_share), and dx.
+            matmul_add(x[t, lo:hi].T, dz[lo:hi], None, slab_share(dW, dW_slabs, s))
+            matmul_add(h[t, lo:hi].T, dz[lo:hi], None, slab_share(dU, dU_slabs, s))
+            add_column_sums(slab_share(db, db_slabs, s), dz[lo:hi])
             if need_dx:
-                matmul_add(dz[lo:hi], W.T, packed_W_T, dx[t, lo:hi])
+                matmul(dz[lo:hi], W.T, packed_W_T, dx[t, lo:hi])
         restore_fp_mode(mode)
     copy_rows(dh0, dh_carry)
     add_into(dh0, dh_rec)

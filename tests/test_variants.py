@@ -527,3 +527,49 @@ def test_serial_build_matches_parallel(variant, n_slabs, rng, request):
     assert sorted(serial) == sorted(parallel)
     for name in parallel:
         np.testing.assert_allclose(serial[name], parallel[name], rtol=1e-12, atol=0, err_msg=name)
+
+
+# ----------------------------------------------------------------------------- the cell in the product's tiles
+
+@pytest.mark.parametrize("n_slabs", [1, 2])
+@pytest.mark.parametrize("proj", [None, 20])
+def test_cell_in_tiles_is_bit_identical_to_the_general_cell(proj, n_slabs):
+    """The plain float32 LSTM, at least PACK_MIN_ROWS rows in all and H a multiple of
+    GROUP, runs its cell inside the recurrent product's tiles (kernels/lstm.py
+    cell_rows); peepholes that are all 0 leave the numbers as they are but take the
+    general cell. Same operations in the same order: the same bits, for outputs,
+    final states, loss and every gradient the two models share. 71 rows cut into
+    2 slabs leave tiles of 4, 2 and 1 rows; some sequences end early."""
+    from numrnn.kernels.gemm import PACK_MIN_ROWS
+    from numrnn.kernels.lstm import GROUP
+    rng = np.random.default_rng(5)
+    B, T, F, H = 71, 9, 5, 2 * GROUP
+    assert T * B >= PACK_MIN_ROWS
+    x = rng.standard_normal((B, T, F)).astype(np.float32)
+    y = rng.integers(0, 3, B)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[:3] = T
+
+    def run(peepholes):
+        model = nr.SequenceModel(F, [nr.LSTM(H, proj=proj, forget_bias=1.0, peepholes=peepholes), nr.LSTM(H)],
+                                 head=nr.heads.Classify(3), dtype=np.float32, seed=0)
+        if peepholes:
+            plain = nr.SequenceModel(F, [nr.LSTM(H, proj=proj, forget_bias=1.0), nr.LSTM(H)],
+                                     head=nr.heads.Classify(3), dtype=np.float32, seed=0)
+            shared = plain.named_params()
+            for name, value in model.named_params().items():
+                value[...] = shared[name] if name in shared else 0.0
+        out, state = model.forward(x, lengths)
+        loss = model.loss_and_grad(x, y, lengths)
+        grads = {name: g.copy() for name, g in model.named_grads().items() if not name.split(".")[-1].startswith("p_")}
+        return out, state, loss, grads
+
+    with forced_slabs(n_slabs):
+        tiles, general = run(False), run(True)
+    np.testing.assert_array_equal(tiles[0], general[0])
+    for name in tiles[1]:
+        np.testing.assert_array_equal(tiles[1][name], general[1][name], err_msg=name)
+    assert tiles[2] == general[2]
+    assert sorted(tiles[3]) == sorted(general[3])
+    for name in tiles[3]:
+        np.testing.assert_array_equal(tiles[3][name], general[3][name], err_msg=name)

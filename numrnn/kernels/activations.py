@@ -20,7 +20,7 @@ from .gemm import VECTOR_BYTES
 _WIDTH = VECTOR_BYTES // 4      # float32 lanes
 
 
-def _tanh_vector(builder, fma, x, splat):
+def tanh_vector(builder, fma, x, splat):
     """IR for common.tanh_float32 on one vector."""
     def clamp(v, bound):
         v = builder.select(builder.fcmp_ordered("<", v, splat(-bound)), splat(-bound), v)
@@ -38,6 +38,12 @@ def _tanh_vector(builder, fma, x, splat):
     p = polynomial((common._P0, common._P1, common._P2, common._P3, common._P4, common._P5, common._P6))
     q = polynomial((common._Q0, common._Q1, common._Q2, common._Q3, common._Q4, common._Q5, common._Q6))
     return clamp(builder.fdiv(builder.fmul(x, p), q), 1.0)
+
+
+def sigmoid_vector(builder, fma, x, splat):
+    """IR for σ(x) = (1 + tanh(x/2)) / 2 on one vector, as common.sigmoid for float32."""
+    half = splat(0.5)
+    return builder.call(fma, [half, tanh_vector(builder, fma, builder.fmul(x, half), splat), half])
 
 
 def _is_float32_block(a):
@@ -98,11 +104,8 @@ def _map_intrinsic(kind):
             x_ptr = builder.bitcast(builder.gep(x_array.data, [k]), vector_ptr)
             out_ptr = builder.bitcast(builder.gep(out_data, [k]), vector_ptr)
             v = builder.call(masked_load, [x_ptr, align, mask, splat(0.0)])
-            if kind == "tanh":
-                result = _tanh_vector(builder, fma, v, splat)
-            else:       # σ(x) = (1 + tanh(x/2)) / 2
-                result = builder.call(fma, [splat(0.5), _tanh_vector(builder, fma, builder.fmul(v, splat(0.5)),
-                                                                     splat), splat(0.5)])
+            vector_fn = tanh_vector if kind == "tanh" else sigmoid_vector
+            result = vector_fn(builder, fma, v, splat)
             builder.call(masked_store, [result, out_ptr, align, mask])
             k.add_incoming(builder.add(k, ir.Constant(i64, _WIDTH)), body)
             builder.branch(check)

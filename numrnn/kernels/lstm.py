@@ -17,14 +17,33 @@ without either, compiles in less time.
 
 Time-major throughout. Steps at t >= lengths[b] output 0 and carry (c, r)
 unchanged, so c[T], r[T] are each sequence's final state.
-"""
-from numba import prange
 
-from .activations import sigmoid_into, tanh_into
+The plain float32 LSTM (no peepholes, layer norm or cell_clip; projection and its
+clip allowed) computes its cell inside the tiles of r_{t-1} U in training
+(cell_rows): the same operations in the same order as _lstm_cell_forward, so the
+same numbers, one pass over the gates instead of several.
+"""
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .activations import sigmoid_into, sigmoid_vector, tanh_into, tanh_vector
 from .common import (ONE, ZERO, add_column_sums, add_into, add_slab_sums, clip, copy_into, copy_rows,
                      flush_subnormals, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
                      project_step, restore_fp_mode, slab, slab_partials, slab_share)
-from .gemm import matmul, matmul_add, pack
+from .gemm import PACK_MIN_ROWS, TILE_ROWS, VECTOR_BYTES, matmul, matmul_add, pack
+
+
+@jit
+def _lstm_cell_padded(m, gates, tanh_c, c_new, c_prev):
+    """One row of a step past its sequence's length: outputs 0, the cell carried."""
+    gates[:] = 0.0
+    tanh_c[:] = 0.0
+    m[:] = 0.0
+    copy_into(c_new, c_prev)
 
 
 @jit
@@ -40,10 +59,7 @@ def _lstm_cell_forward(m, gates, tanh_c, c_new, c_pre, ln_hat, ln_rstd, rec, c_p
     """
     H = c_prev.shape[0]
     if not valid:
-        gates[:] = 0.0
-        tanh_c[:] = 0.0
-        m[:] = 0.0
-        copy_into(c_new, c_prev)
+        _lstm_cell_padded(m, gates, tanh_c, c_new, c_prev)
         return
     i, j, f, o = gates[:H], gates[H:2 * H], gates[2 * H:3 * H], gates[3 * H:]
     for k in range(4 * H):
@@ -94,6 +110,182 @@ def _lstm_output_forward(y, r_new, r_pre, r_prev, mask, proj_clip, valid):
         r_new[k] = y[k] * mask[k]
 
 
+# ---------------------------------------------------------------- the cell in the recurrent product's tiles
+
+# Units per group: one float32 vector of each gate. pack_gate_groups lays U out so that
+# a panel holds the columns of i, j, f and o of one group of units; a tile of rows x
+# 4 vectors then ends r_{t-1} U with all four gates of those units in registers, and
+# the plain float32 cell runs there (cell_rows): r_{t-1} U is not written and read
+# back, and the gates, c, tanh(c) and m are each written once.
+GROUP = VECTOR_BYTES // 4
+# 4 rows x 4 vectors: 16 accumulators of the 32 AVX-512 registers; 2 rows with 16 registers.
+CELL_TILE_ROWS = TILE_ROWS // 2
+
+
+@numba.njit(cache=True, error_model="numpy")
+def pack_gate_groups(U):
+    """U (R, 4H) as panels (H / GROUP, R, 4 GROUP) for cell_rows: panels[q, k, g GROUP + l]
+    = U[k, g H + q GROUP + l] for the gates g = i, j, f, o (H a multiple of GROUP)."""
+    R, H = U.shape[0], U.shape[1] // 4
+    panels = np.empty((H // GROUP, R, 4 * GROUP), U.dtype)
+    for q in range(H // GROUP):
+        for k in range(R):
+            for g in range(4):
+                for lane in range(GROUP):
+                    panels[q, k, g * GROUP + lane] = U[k, g * H + q * GROUP + lane]
+    return panels
+
+
+def _cell_tile_intrinsic(rows):
+    """An intrinsic tile(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit,
+    forget_bias): for rows row .. row+rows-1 and units unit .. unit+GROUP-1, z = gates +
+    r_prev @ panel (gates holding x W + b, the product's columns i, j, f, o as
+    pack_gate_groups lays them out), then _lstm_cell_forward's equations without
+    options, in the same order of operations: gates <- σ(i), tanh(j), σ(f +
+    forget_bias), σ(o); c_new = σ(f) c_prev + σ(i) tanh(j); tanh_c = tanh(c_new);
+    m_out = σ(o) tanh_c. float32 arrays with contiguous rows."""
+
+    @intrinsic
+    def tile(typingctx, gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias):
+        arrays = (gates, r_prev, panel, c_prev, c_new, tanh_c, m_out)
+        if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float32
+                   for a in arrays):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i64 = ir.IntType(64)
+            vector_type = ir.VectorType(ir.FloatType(), GROUP)
+            vector_ptr = vector_type.as_pointer()
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector_type, [vector_type] * 3),
+                                                 f"llvm.fma.v{GROUP}f32")
+
+            def const(n):
+                return ir.Constant(i64, n)
+
+            def splat(value):
+                return ir.Constant(vector_type, [value] * GROUP)
+
+            def broadcast(scalar):
+                single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar,
+                                                ir.Constant(ir.IntType(32), 0))
+                return builder.shuffle_vector(single, ir.Constant(vector_type, ir.Undefined),
+                                              ir.Constant(ir.VectorType(ir.IntType(32), GROUP), [0] * GROUP))
+
+            def view(k):
+                array = context.make_array(sig.args[k])(context, builder, args[k])
+                return (array.data, cgutils.unpack_tuple(builder, array.shape),
+                        [builder.sdiv(s, const(4)) for s in cgutils.unpack_tuple(builder, array.strides)])
+
+            gates_v, r_v, panel_v, c_prev_v, c_new_v, tanh_c_v, m_v = (view(k) for k in range(7))
+            row0, unit0, bias = args[7], args[8], broadcast(args[9])
+            H = builder.sdiv(gates_v[1][1], const(4))
+            inner = r_v[1][1]
+
+            def vector_at(array_view, m, col):
+                data, _, strides = array_view
+                offset = builder.add(builder.mul(builder.add(row0, const(m)), strides[0]), col)
+                return builder.bitcast(builder.gep(data, [offset]), vector_ptr)
+
+            def gate_col(g):
+                return builder.add(builder.mul(H, const(g)), unit0)
+
+            a_rows = [builder.gep(r_v[0], [builder.mul(builder.add(row0, const(m)), r_v[2][0])]) for m in range(rows)]
+            zero = ir.Constant(vector_type, None)
+            entry = builder.block
+            loop = builder.append_basic_block("cell.k")
+            done = builder.append_basic_block("cell.done")
+            builder.cbranch(builder.icmp_signed(">", inner, const(0)), loop, done)
+
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            acc = [[builder.phi(vector_type) for _ in range(4)] for _ in range(rows)]
+            panel_row = builder.gep(panel_v[0], [builder.mul(k, panel_v[2][0])])
+            b_vectors = [builder.load(builder.bitcast(builder.gep(panel_row, [const(g * GROUP)]), vector_ptr), align=4)
+                         for g in range(4)]
+            summed = []
+            for m in range(rows):
+                a_mk = broadcast(builder.load(builder.gep(a_rows[m], [k])))
+                summed.append([builder.call(fma, [a_mk, b_vectors[g], acc[m][g]]) for g in range(4)])
+            k_next = builder.add(k, const(1))
+            k.add_incoming(const(0), entry)
+            k.add_incoming(k_next, loop)
+            for m in range(rows):
+                for g in range(4):
+                    acc[m][g].add_incoming(zero, entry)
+                    acc[m][g].add_incoming(summed[m][g], loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, inner), loop, done)
+
+            builder.position_at_end(done)
+            products = [[builder.phi(vector_type) for _ in range(4)] for _ in range(rows)]
+            for m in range(rows):
+                for g in range(4):
+                    products[m][g].add_incoming(zero, entry)
+                    products[m][g].add_incoming(summed[m][g], loop)
+            for m, product in enumerate(products):
+                gate_ptrs = [vector_at(gates_v, m, gate_col(g)) for g in range(4)]
+                z = [builder.fadd(builder.load(gate_ptrs[g], align=4), product[g]) for g in range(4)]
+                i = sigmoid_vector(builder, fma, z[0], splat)
+                j = tanh_vector(builder, fma, z[1], splat)
+                f = sigmoid_vector(builder, fma, builder.fadd(z[2], bias), splat)
+                o = sigmoid_vector(builder, fma, z[3], splat)
+                c_prev = builder.load(vector_at(c_prev_v, m, unit0), align=4)
+                c = builder.fadd(builder.fmul(f, c_prev), builder.fmul(i, j))
+                tanh_c = tanh_vector(builder, fma, c, splat)
+                for ptr, value in zip(gate_ptrs, (i, j, f, o)):
+                    builder.store(value, ptr, align=4)
+                builder.store(c, vector_at(c_new_v, m, unit0), align=4)
+                builder.store(tanh_c, vector_at(tanh_c_v, m, unit0), align=4)
+                builder.store(builder.fmul(o, tanh_c), vector_at(m_v, m, unit0), align=4)
+            return context.get_dummy_value()
+
+        return types.none(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, types.intp, types.intp,
+                          types.float32), codegen
+
+    return tile
+
+
+_cell_tiles = {n: _cell_tile_intrinsic(n) for n in (CELL_TILE_ROWS, 2, 1)}
+_cell_tile, _cell_tile_2, _cell_tile_1 = _cell_tiles[CELL_TILE_ROWS], _cell_tiles[2], _cell_tiles[1]
+
+
+def has_cell_tile(a):
+    """Whether cell_rows computes for arrays of a's dtype (float32), else it does nothing."""
+    return a.dtype == np.float32
+
+
+def cell_rows(gates, r_prev, panels, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias):
+    """One step of the plain cell for rows lo .. hi-1, every row as if valid:
+    gates (B, 4H) holds x W + b on entry and the activations on exit; panels =
+    pack_gate_groups(U); c_prev = c[t], c_new = c[t+1], tanh_c, m_out: (B, H)."""
+
+
+@overload(has_cell_tile, inline="always")
+def _has_cell_tile_typed(a):
+    value = a.dtype == types.float32
+    return lambda a: value
+
+
+@overload(cell_rows, inline="always")
+def _cell_rows_typed(gates, r_prev, panels, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias):
+    if gates.dtype != types.float32:
+        return lambda gates, r_prev, panels, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias: None
+
+    def rows(gates, r_prev, panels, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias):
+        for q in range(panels.shape[0]):
+            unit = q * GROUP
+            panel = panels[q]
+            row = lo
+            while row + CELL_TILE_ROWS <= hi:
+                _cell_tile(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias)
+                row += CELL_TILE_ROWS
+            if row + 2 <= hi:
+                _cell_tile_2(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias)
+                row += 2
+            if row < hi:
+                _cell_tile_1(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias)
+    return rows
+
+
 @kernel
 def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
                  x, W, U, b, peep, P, ln_gain, ln_shift, state_mask, lengths, forget_bias, cell_clip, proj_clip,
@@ -115,7 +307,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             peep, ln_gain and ln_shift may be None (module docstring).
         state_mask: (T, B, R) state-dropout mask, or (1, B, R).
         lengths: (B,) int.  forget_bias, cell_clip, proj_clip: floats (clips: 0 = off).
-        rec: (B, 4H) workspace for r_{t-1} U.
+        rec: (B, 4H) workspace for r_{t-1} U (the general cell).
         n_slabs: row slabs, one per Numba thread (common.slab).
 
     Notes:
@@ -125,7 +317,11 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
         reordered (PyTorch: i, f, g, o).
     """
     T, B, _ = x.shape
-    packed_W, packed_U, packed_P = pack(W, T * B), pack(U, T * B), pack(P, T * B)    # once per sequence
+    # The plain float32 cell runs in the recurrent product's tiles (cell_rows).
+    in_tiles = (peep is None and ln_gain is None and cell_clip == 0.0 and has_cell_tile(gates)
+                and U.shape[1] % (4 * GROUP) == 0 and T * B >= PACK_MIN_ROWS)
+    packed_W, packed_P = pack(W, T * B), pack(P, T * B)    # once per sequence
+    packed_U = pack_gate_groups(U) if in_tiles else pack(U, T * B)
     proj = P.shape[0] > 0
     for s in prange(n_slabs):
         lo, hi = slab(s, n_slabs, B)
@@ -134,13 +330,19 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
         mode = flush_subnormals()
         for t in range(T):
             project_step(gates[t, lo:hi], x[t, lo:hi], W, packed_W, b)
-            matmul(r[t, lo:hi], U, packed_U, rec[lo:hi])
             # Without projection m_t is r_t: the cell writes it straight into y.
             m_out = m[t] if proj else y[t]
-            for row in range(lo, hi):
-                _lstm_cell_forward(m_out[row], gates[t, row], tanh_c[t, row], c[t + 1, row], c_pre[t, row],
-                                   ln_hat[t, row], ln_rstd[t, row], rec[row], c[t, row], peep, ln_gain,
-                                   ln_shift, forget_bias, cell_clip, t < lengths[row])
+            if in_tiles:
+                cell_rows(gates[t], r[t], packed_U, c[t], c[t + 1], tanh_c[t], m_out, lo, hi, forget_bias)
+                for row in range(lo, hi):
+                    if t >= lengths[row]:
+                        _lstm_cell_padded(m_out[row], gates[t, row], tanh_c[t, row], c[t + 1, row], c[t, row])
+            else:
+                matmul(r[t, lo:hi], U, packed_U, rec[lo:hi])
+                for row in range(lo, hi):
+                    _lstm_cell_forward(m_out[row], gates[t, row], tanh_c[t, row], c[t + 1, row], c_pre[t, row],
+                                       ln_hat[t, row], ln_rstd[t, row], rec[row], c[t, row], peep, ln_gain,
+                                       ln_shift, forget_bias, cell_clip, t < lengths[row])
             if proj:
                 matmul(m[t, lo:hi], P, packed_P, y[t, lo:hi])
             for row in range(lo, hi):

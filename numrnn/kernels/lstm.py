@@ -137,19 +137,19 @@ def pack_gate_groups(U):
 
 
 def _cell_tile_intrinsic(rows):
-    """An intrinsic tile(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit,
+    """An intrinsic tile(gates, r_prev, panel, b, c_prev, c_new, tanh_c, m_out, row, unit,
     forget_bias): for rows row .. row+rows-1 and units unit .. unit+GROUP-1, z = gates +
-    r_prev @ panel (gates holding x W + b, the product's columns i, j, f, o as
+    b + r_prev @ panel (gates holding x W, the product's columns i, j, f, o as
     pack_gate_groups lays them out), then _lstm_cell_forward's equations without
     options, in the same order of operations: gates <- σ(i), tanh(j), σ(f +
     forget_bias), σ(o); c_new = σ(f) c_prev + σ(i) tanh(j); tanh_c = tanh(c_new);
     m_out = σ(o) tanh_c. float32 arrays with contiguous rows."""
 
     @intrinsic
-    def tile(typingctx, gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias):
-        arrays = (gates, r_prev, panel, c_prev, c_new, tanh_c, m_out)
-        if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float32
-                   for a in arrays):
+    def tile(typingctx, gates, r_prev, panel, b, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias):
+        arrays = (gates, r_prev, panel, b, c_prev, c_new, tanh_c, m_out)
+        if not all(isinstance(a, types.Array) and a.ndim == (1 if a is b else 2) and a.layout == "C"
+                   and a.dtype == types.float32 for a in arrays):
             return None
 
         def codegen(context, builder, sig, args):
@@ -176,8 +176,8 @@ def _cell_tile_intrinsic(rows):
                 return (array.data, cgutils.unpack_tuple(builder, array.shape),
                         [builder.sdiv(s, const(4)) for s in cgutils.unpack_tuple(builder, array.strides)])
 
-            gates_v, r_v, panel_v, c_prev_v, c_new_v, tanh_c_v, m_v = (view(k) for k in range(7))
-            row0, unit0, bias = args[7], args[8], broadcast(args[9])
+            gates_v, r_v, panel_v, b_v, c_prev_v, c_new_v, tanh_c_v, m_v = (view(k) for k in range(8))
+            row0, unit0, bias = args[8], args[9], broadcast(args[10])
             H = builder.sdiv(gates_v[1][1], const(4))
             inner = r_v[1][1]
 
@@ -223,7 +223,10 @@ def _cell_tile_intrinsic(rows):
                     products[m][g].add_incoming(summed[m][g], loop)
             for m, product in enumerate(products):
                 gate_ptrs = [vector_at(gates_v, m, gate_col(g)) for g in range(4)]
-                z = [builder.fadd(builder.load(gate_ptrs[g], align=4), product[g]) for g in range(4)]
+                b = [builder.load(builder.bitcast(builder.gep(b_v[0], [gate_col(g)]), vector_ptr), align=4)
+                     for g in range(4)]
+                z = [builder.fadd(builder.fadd(builder.load(gate_ptrs[g], align=4), b[g]), product[g])
+                     for g in range(4)]
                 i = sigmoid_vector(builder, fma, z[0], splat)
                 j = tanh_vector(builder, fma, z[1], splat)
                 f = sigmoid_vector(builder, fma, builder.fadd(z[2], bias), splat)
@@ -238,7 +241,7 @@ def _cell_tile_intrinsic(rows):
                 builder.store(builder.fmul(o, tanh_c), vector_at(m_v, m, unit0), align=4)
             return context.get_dummy_value()
 
-        return types.none(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, types.intp, types.intp,
+        return types.none(gates, r_prev, panel, b, c_prev, c_new, tanh_c, m_out, types.intp, types.intp,
                           types.float32), codegen
 
     return tile
@@ -253,10 +256,10 @@ def has_cell_tile(a):
     return a.dtype == np.float32
 
 
-def cell_rows(gates, r_prev, panels, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias):
+def cell_rows(gates, r_prev, panels, b, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias):
     """One step of the plain cell for rows lo .. hi-1, every row as if valid:
-    gates (B, 4H) holds x W + b on entry and the activations on exit; panels =
-    pack_gate_groups(U); c_prev = c[t], c_new = c[t+1], tanh_c, m_out: (B, H)."""
+    gates (B, 4H) holds x W on entry and the activations on exit; panels =
+    pack_gate_groups(U); b (4H,); c_prev = c[t], c_new = c[t+1], tanh_c, m_out: (B, H)."""
 
 
 @overload(has_cell_tile, inline="always")
@@ -266,23 +269,23 @@ def _has_cell_tile_typed(a):
 
 
 @overload(cell_rows, inline="always")
-def _cell_rows_typed(gates, r_prev, panels, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias):
+def _cell_rows_typed(gates, r_prev, panels, b, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias):
     if gates.dtype != types.float32:
-        return lambda gates, r_prev, panels, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias: None
+        return lambda gates, r_prev, panels, b, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias: None
 
-    def rows(gates, r_prev, panels, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias):
+    def rows(gates, r_prev, panels, b, c_prev, c_new, tanh_c, m_out, lo, hi, forget_bias):
         for q in range(panels.shape[0]):
             unit = q * GROUP
             panel = panels[q]
             row = lo
             while row + CELL_TILE_ROWS <= hi:
-                _cell_tile(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias)
+                _cell_tile(gates, r_prev, panel, b, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias)
                 row += CELL_TILE_ROWS
             if row + 2 <= hi:
-                _cell_tile_2(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias)
+                _cell_tile_2(gates, r_prev, panel, b, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias)
                 row += 2
             if row < hi:
-                _cell_tile_1(gates, r_prev, panel, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias)
+                _cell_tile_1(gates, r_prev, panel, b, c_prev, c_new, tanh_c, m_out, row, unit, forget_bias)
     return rows
 
 
@@ -319,7 +322,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
     T, B, _ = x.shape
     # The plain float32 cell runs in the recurrent product's tiles (cell_rows).
     in_tiles = (peep is None and ln_gain is None and cell_clip == 0.0 and has_cell_tile(gates)
-                and U.shape[1] % (4 * GROUP) == 0 and T * B >= PACK_MIN_ROWS)
+                and U.shape[1] % (4 * GROUP) == 0 and b.shape[0] > 0 and T * B >= PACK_MIN_ROWS)
     packed_W, packed_P = pack(W, T * B), pack(P, T * B)    # once per sequence
     packed_U = pack_gate_groups(U) if in_tiles else pack(U, T * B)
     proj = P.shape[0] > 0
@@ -329,15 +332,16 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
             continue
         mode = flush_subnormals()
         for t in range(T):
-            project_step(gates[t, lo:hi], x[t, lo:hi], W, packed_W, b)
             # Without projection m_t is r_t: the cell writes it straight into y.
             m_out = m[t] if proj else y[t]
             if in_tiles:
-                cell_rows(gates[t], r[t], packed_U, c[t], c[t + 1], tanh_c[t], m_out, lo, hi, forget_bias)
+                matmul(x[t, lo:hi], W, packed_W, gates[t, lo:hi])      # the tiles add b
+                cell_rows(gates[t], r[t], packed_U, b, c[t], c[t + 1], tanh_c[t], m_out, lo, hi, forget_bias)
                 for row in range(lo, hi):
                     if t >= lengths[row]:
                         _lstm_cell_padded(m_out[row], gates[t, row], tanh_c[t, row], c[t + 1, row], c[t, row])
             else:
+                project_step(gates[t, lo:hi], x[t, lo:hi], W, packed_W, b)
                 matmul(r[t, lo:hi], U, packed_U, rec[lo:hi])
                 for row in range(lo, hi):
                     _lstm_cell_forward(m_out[row], gates[t, row], tanh_c[t, row], c[t + 1, row], c_pre[t, row],

@@ -37,6 +37,51 @@ VECTOR_BYTES = 64 if _AVX512 else 32
 TILE_ROWS = 8 if _AVX512 else 4
 
 
+def tile_product(builder, fma, broadcast, a_rows, a_column_stride, panel_data, panel_row_stride, inner, start,
+                 load_panel):
+    """IR for the loop over k of a register tile; returns acc[m][v] = start[m][v] +
+    sum over k of a[m, k] times vector v of panel row k, the products added in order
+    of k by fused multiply-adds.
+
+    a_rows[m]: pointer to row m of a; load_panel(pointer, v) loads vector v of a
+    panel row; start: rows x vectors of initial values; broadcast(x): x in every lane.
+    """
+    i64 = ir.IntType(64)
+    vector_type = start[0][0].type
+    vector_ptr = vector_type.as_pointer()
+    entry = builder.block
+    loop = builder.append_basic_block("tile.k")
+    done = builder.append_basic_block("tile.done")
+    builder.cbranch(builder.icmp_signed(">", inner, ir.Constant(i64, 0)), loop, done)
+
+    builder.position_at_end(loop)
+    k = builder.phi(i64)
+    acc = [[builder.phi(vector_type) for _ in row] for row in start]
+    panel_row = builder.gep(panel_data, [builder.mul(k, panel_row_stride)])
+    b_vectors = [load_panel(builder.bitcast(builder.gep(panel_row, [ir.Constant(i64, v * vector_type.count)]),
+                                            vector_ptr), v) for v in range(len(start[0]))]
+    summed = []
+    for a_row, acc_row in zip(a_rows, acc):
+        a_mk = broadcast(builder.load(builder.gep(a_row, [builder.mul(k, a_column_stride)])))
+        summed.append([builder.call(fma, [a_mk, b, a]) for b, a in zip(b_vectors, acc_row)])
+    k_next = builder.add(k, ir.Constant(i64, 1))
+    k.add_incoming(ir.Constant(i64, 0), entry)
+    k.add_incoming(k_next, loop)
+    for start_row, acc_row, summed_row in zip(start, acc, summed):
+        for value, phi, new in zip(start_row, acc_row, summed_row):
+            phi.add_incoming(value, entry)
+            phi.add_incoming(new, loop)
+    builder.cbranch(builder.icmp_signed("<", k_next, inner), loop, done)
+
+    builder.position_at_end(done)
+    results = [[builder.phi(vector_type) for _ in row] for row in start]
+    for start_row, result_row, summed_row in zip(start, results, summed):
+        for value, phi, new in zip(start_row, result_row, summed_row):
+            phi.add_incoming(value, entry)
+            phi.add_incoming(new, loop)
+    return results
+
+
 def _tile_intrinsic(rows, accumulate=False, masked_loads=False):
     """An intrinsic tile(out, a, panel, row, col, cols):
     out[row:row+rows, col:col+cols] = a[row:row+rows] @ panel[:, :cols], panel
@@ -108,36 +153,8 @@ def _tile_intrinsic(rows, accumulate=False, masked_loads=False):
             # out is read like a panel: masked when its last columns are narrower.
             start = [[load(out_ptrs[m][v], v) if accumulate else zero for v in range(2)] for m in range(rows)]
 
-            entry = builder.block
-            loop = builder.append_basic_block("tile.k")
-            done = builder.append_basic_block("tile.done")
-            builder.cbranch(builder.icmp_signed(">", inner, const(0)), loop, done)
-
-            builder.position_at_end(loop)
-            k = builder.phi(i64)
-            acc = [[builder.phi(vector_type) for _ in range(2)] for _ in range(rows)]
-            panel_row = builder.gep(panel_data, [builder.mul(k, panel_strides[0])])
-            b_vectors = [load(builder.bitcast(builder.gep(panel_row, [const(v * width)]), vector_ptr), v)
-                         for v in range(2)]
-            summed = []
-            for m in range(rows):
-                a_mk = splat(builder.load(builder.gep(a_rows[m], [builder.mul(k, a_strides[1])])))
-                summed.append([builder.call(fma, [a_mk, b_vectors[v], acc[m][v]]) for v in range(2)])
-            k_next = builder.add(k, const(1))
-            k.add_incoming(const(0), entry)
-            k.add_incoming(k_next, loop)
-            for m in range(rows):
-                for v in range(2):
-                    acc[m][v].add_incoming(start[m][v], entry)
-                    acc[m][v].add_incoming(summed[m][v], loop)
-            builder.cbranch(builder.icmp_signed("<", k_next, inner), loop, done)
-
-            builder.position_at_end(done)
-            results = [[builder.phi(vector_type) for _ in range(2)] for _ in range(rows)]
-            for m in range(rows):
-                for v in range(2):
-                    results[m][v].add_incoming(start[m][v], entry)
-                    results[m][v].add_incoming(summed[m][v], loop)
+            results = tile_product(builder, fma, splat, a_rows, a_strides[1], panel_data, panel_strides[0], inner,
+                                   start, load)
             for m in range(rows):
                 for v in range(2):
                     builder.call(masked_store, [results[m][v], out_ptrs[m][v], align, masks[v]])

@@ -34,7 +34,7 @@ from .activations import sigmoid_into, sigmoid_vector, tanh_into, tanh_vector
 from .common import (ONE, ZERO, add_column_sums, add_into, add_slab_sums, clip, copy_into, copy_rows,
                      flush_subnormals, input_projection, jit, kernel, layer_norm_backward, layer_norm_forward, mask_row,
                      project_step, restore_fp_mode, slab, slab_partials, slab_share)
-from .gemm import PACK_MIN_ROWS, TILE_ROWS, VECTOR_BYTES, matmul, matmul_add, pack
+from .gemm import PACK_MIN_ROWS, TILE_ROWS, VECTOR_BYTES, matmul, matmul_add, pack, tile_product
 
 
 @jit
@@ -191,36 +191,8 @@ def _cell_tile_intrinsic(rows):
 
             a_rows = [builder.gep(r_v[0], [builder.mul(builder.add(row0, const(m)), r_v[2][0])]) for m in range(rows)]
             zero = ir.Constant(vector_type, None)
-            entry = builder.block
-            loop = builder.append_basic_block("cell.k")
-            done = builder.append_basic_block("cell.done")
-            builder.cbranch(builder.icmp_signed(">", inner, const(0)), loop, done)
-
-            builder.position_at_end(loop)
-            k = builder.phi(i64)
-            acc = [[builder.phi(vector_type) for _ in range(4)] for _ in range(rows)]
-            panel_row = builder.gep(panel_v[0], [builder.mul(k, panel_v[2][0])])
-            b_vectors = [builder.load(builder.bitcast(builder.gep(panel_row, [const(g * GROUP)]), vector_ptr), align=4)
-                         for g in range(4)]
-            summed = []
-            for m in range(rows):
-                a_mk = broadcast(builder.load(builder.gep(a_rows[m], [k])))
-                summed.append([builder.call(fma, [a_mk, b_vectors[g], acc[m][g]]) for g in range(4)])
-            k_next = builder.add(k, const(1))
-            k.add_incoming(const(0), entry)
-            k.add_incoming(k_next, loop)
-            for m in range(rows):
-                for g in range(4):
-                    acc[m][g].add_incoming(zero, entry)
-                    acc[m][g].add_incoming(summed[m][g], loop)
-            builder.cbranch(builder.icmp_signed("<", k_next, inner), loop, done)
-
-            builder.position_at_end(done)
-            products = [[builder.phi(vector_type) for _ in range(4)] for _ in range(rows)]
-            for m in range(rows):
-                for g in range(4):
-                    products[m][g].add_incoming(zero, entry)
-                    products[m][g].add_incoming(summed[m][g], loop)
+            products = tile_product(builder, fma, broadcast, a_rows, const(1), panel_v[0], panel_v[2][0], inner,
+                                    [[zero] * 4 for _ in range(rows)], lambda ptr, _: builder.load(ptr, align=4))
             for m, product in enumerate(products):
                 gate_ptrs = [vector_at(gates_v, m, gate_col(g)) for g in range(4)]
                 b = [builder.load(builder.bitcast(builder.gep(b_v[0], [gate_col(g)]), vector_ptr), align=4)

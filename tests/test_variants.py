@@ -538,8 +538,9 @@ def test_cell_in_tiles_is_bit_identical_to_the_general_cell(proj, n_slabs):
     GROUP, runs its cell inside the recurrent product's tiles (kernels/lstm.py
     cell_rows); peepholes that are all 0 leave the numbers as they are but take the
     general cell. Same operations in the same order: the same bits, for outputs,
-    final states, loss and every gradient the two models share. 71 rows cut into
-    2 slabs leave tiles of 4, 2 and 1 rows; some sequences end early."""
+    final states, loss, every gradient the two models share and predict (the
+    inference kernel). 71 rows cut into 2 slabs leave tiles of 4, 2 and 1 rows;
+    some sequences end early."""
     from numrnn.kernels.gemm import PACK_MIN_ROWS
     from numrnn.kernels.lstm import GROUP
     rng = np.random.default_rng(5)
@@ -561,8 +562,9 @@ def test_cell_in_tiles_is_bit_identical_to_the_general_cell(proj, n_slabs):
                 value[...] = shared[name] if name in shared else 0.0
         out, state = model.forward(x, lengths)
         loss = model.loss_and_grad(x, y, lengths)
-        grads = {name: g.copy() for name, g in model.named_grads().items() if not name.split(".")[-1].startswith("p_")}
-        return out, state, loss, grads
+        grads = {name: g.copy() for name, g in model.named_grads().items()
+                 if not name.split(".")[-1].startswith("p_")}
+        return out, state, loss, grads, model.predict(x, lengths)
 
     with forced_slabs(n_slabs):
         tiles, general = run(False), run(True)
@@ -573,3 +575,4 @@ def test_cell_in_tiles_is_bit_identical_to_the_general_cell(proj, n_slabs):
     assert sorted(tiles[3]) == sorted(general[3])
     for name in tiles[3]:
         np.testing.assert_array_equal(tiles[3][name], general[3][name], err_msg=name)
+    np.testing.assert_array_equal(tiles[4], general[4])

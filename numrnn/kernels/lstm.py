@@ -19,9 +19,9 @@ Time-major throughout. Steps at t >= lengths[b] output 0 and carry (c, r)
 unchanged, so c[T], r[T] are each sequence's final state.
 
 The plain float32 LSTM (no peepholes, layer norm or cell_clip; projection and its
-clip allowed) computes its cell inside the tiles of r_{t-1} U in training
-(cell_rows): the same operations in the same order as _lstm_cell_forward, so the
-same numbers, one pass over the gates instead of several.
+clip allowed) computes its cell inside the tiles of r_{t-1} U (cell_rows): the same
+operations in the same order as _lstm_cell_forward, so the same numbers, one pass
+over the gates instead of several.
 """
 import numba
 import numpy as np
@@ -261,6 +261,14 @@ def _cell_rows_typed(gates, r_prev, panels, b, c_prev, c_new, tanh_c, m_out, lo,
     return rows
 
 
+@jit
+def _cell_in_tiles(gates, U, b, peep, ln_gain, cell_clip, rows):
+    """Whether a kernel runs the cell in the tiles of r_{t-1} U (cell_rows): the plain
+    float32 cell, H a multiple of GROUP, and enough rows in all to pack U for."""
+    return (peep is None and ln_gain is None and cell_clip == 0.0 and has_cell_tile(gates)
+            and U.shape[1] % (4 * GROUP) == 0 and b.shape[0] > 0 and rows >= PACK_MIN_ROWS)
+
+
 @kernel
 def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
                  x, W, U, b, peep, P, ln_gain, ln_shift, state_mask, lengths, forget_bias, cell_clip, proj_clip,
@@ -292,9 +300,7 @@ def lstm_forward(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
         reordered (PyTorch: i, f, g, o).
     """
     T, B, _ = x.shape
-    # The plain float32 cell runs in the recurrent product's tiles (cell_rows).
-    in_tiles = (peep is None and ln_gain is None and cell_clip == 0.0 and has_cell_tile(gates)
-                and U.shape[1] % (4 * GROUP) == 0 and b.shape[0] > 0 and T * B >= PACK_MIN_ROWS)
+    in_tiles = _cell_in_tiles(gates, U, b, peep, ln_gain, cell_clip, T * B)
     packed_W, packed_P = pack(W, T * B), pack(P, T * B)    # once per sequence
     packed_U = pack_gate_groups(U) if in_tiles else pack(U, T * B)
     proj = P.shape[0] > 0
@@ -472,7 +478,8 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
                x, W, U, b, peep, P, ln_gain, ln_shift, ones, lengths, t0, forget_bias, cell_clip, proj_clip,
                rec, n_slabs):
     """Forward only over a chunk of steps, keeping one step of state and of gate
-    activations: the same step functions as lstm_forward.
+    activations: the same step functions as lstm_forward (the plain float32 cell in the
+    tiles of r_{t-1} U).
 
     Args:
         y: (T, B, R) out: outputs r_t of the chunk, 0 at padded steps.
@@ -489,9 +496,11 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
         rec: (B, 4H) workspace.  n_slabs: row slabs, one per Numba thread (common.slab).
     """
     T, B, _ = x.shape
-    packed_U, packed_P = pack(U, T * B), pack(P, T * B)    # for matmul, once per sequence
+    in_tiles = _cell_in_tiles(gates, U, b, peep, ln_gain, cell_clip, T * B)
+    packed_U = pack_gate_groups(U) if in_tiles else pack(U, T * B)    # once per chunk
+    packed_P = pack(P, T * B)
     proj = P.shape[0] > 0
-    input_projection(gates, x, W, b, n_slabs)
+    input_projection(gates, x, W, b[:0] if in_tiles else b, n_slabs)     # the tiles add b
     for s in prange(n_slabs):
         lo, hi = slab(s, n_slabs, B)
         if hi == lo:
@@ -499,12 +508,18 @@ def lstm_infer(y, r, c, gates, tanh_c, m, c_pre, r_pre, ln_hat, ln_rstd,
         mode = flush_subnormals()
         for t in range(T):
             cur, nxt = t % 2, (t + 1) % 2
-            matmul(r[cur, lo:hi], U, packed_U, rec[lo:hi])
             m_out = m if proj else y[t]
-            for row in range(lo, hi):
-                _lstm_cell_forward(m_out[row], gates[t, row], tanh_c[row], c[nxt, row], c_pre[row],
-                                   ln_hat[row], ln_rstd[row], rec[row], c[cur, row], peep, ln_gain,
-                                   ln_shift, forget_bias, cell_clip, t0 + t < lengths[row])
+            if in_tiles:
+                cell_rows(gates[t], r[cur], packed_U, b, c[cur], c[nxt], tanh_c, m_out, lo, hi, forget_bias)
+                for row in range(lo, hi):
+                    if t0 + t >= lengths[row]:
+                        _lstm_cell_padded(m_out[row], gates[t, row], tanh_c[row], c[nxt, row], c[cur, row])
+            else:
+                matmul(r[cur, lo:hi], U, packed_U, rec[lo:hi])
+                for row in range(lo, hi):
+                    _lstm_cell_forward(m_out[row], gates[t, row], tanh_c[row], c[nxt, row], c_pre[row],
+                                       ln_hat[row], ln_rstd[row], rec[row], c[cur, row], peep, ln_gain,
+                                       ln_shift, forget_bias, cell_clip, t0 + t < lengths[row])
             if proj:
                 matmul(m[lo:hi], P, packed_P, y[t, lo:hi])
             for row in range(lo, hi):

@@ -219,12 +219,11 @@ def _cell_tile_intrinsic(rows):
     return tile
 
 
-_cell_tiles = {n: _cell_tile_intrinsic(n) for n in (CELL_TILE_ROWS, 2, 1)}
-_cell_tile, _cell_tile_2, _cell_tile_1 = _cell_tiles[CELL_TILE_ROWS], _cell_tiles[2], _cell_tiles[1]
+_cell_tile, _cell_tile_2, _cell_tile_1 = (_cell_tile_intrinsic(n) for n in (CELL_TILE_ROWS, 2, 1))
 
 
-def has_cell_tile(a):
-    """Whether cell_rows computes for arrays of a's dtype (float32), else it does nothing."""
+def _has_cell_tile(a):
+    """Whether cell_rows computes for arrays of a's dtype: float32 (for others it does nothing)."""
     return a.dtype == np.float32
 
 
@@ -234,7 +233,7 @@ def cell_rows(gates, r_prev, panels, b, c_prev, c_new, tanh_c, m_out, lo, hi, fo
     pack_gate_groups(U); b (4H,); c_prev = c[t], c_new = c[t+1], tanh_c, m_out: (B, H)."""
 
 
-@overload(has_cell_tile, inline="always")
+@overload(_has_cell_tile, inline="always")
 def _has_cell_tile_typed(a):
     value = a.dtype == types.float32
     return lambda a: value
@@ -265,7 +264,7 @@ def _cell_rows_typed(gates, r_prev, panels, b, c_prev, c_new, tanh_c, m_out, lo,
 def _cell_in_tiles(gates, U, b, peep, ln_gain, cell_clip, rows):
     """Whether a kernel runs the cell in the tiles of r_{t-1} U (cell_rows): the plain
     float32 cell, H a multiple of GROUP, and enough rows in all to pack U for."""
-    return (peep is None and ln_gain is None and cell_clip == 0.0 and has_cell_tile(gates)
+    return (peep is None and ln_gain is None and cell_clip == 0.0 and _has_cell_tile(gates)
             and U.shape[1] % (4 * GROUP) == 0 and b.shape[0] > 0 and rows >= PACK_MIN_ROWS)
 
 

@@ -51,20 +51,23 @@ def test_a_users_allocator_setting_is_kept(monkeypatch):
     assert memory.keep_freed_memory() is False
 
 
-# The same for a PyTorch 2-layer LSTM (forward and backward, after three warm-up steps), in a
-# process without numrnn.
+# Median minor page faults per step of a PyTorch 2-layer LSTM (forward and backward) over 7
+# steps after 4 warm-up steps, in a process without numrnn. The median: with the thresholds
+# the heap may still grow once in those steps (about 4,000 faults), then a step faults none.
 TORCH_FAULTS_PER_STEP = """
 import resource
+import statistics
 import torch
 torch.set_num_threads(1)
 lstm = torch.nn.LSTM(28, 128, num_layers=2, batch_first=True)
 x = torch.randn(128, 28, 28)
-for step in range(7):
-    if step == 3:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
+for step in range(11):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     out, _ = lstm(x)
     out[:, -1].sum().backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(statistics.median(faults[4:]))
 """
 
 
@@ -77,7 +80,9 @@ def test_freed_memory_environment_names_the_thresholds_unless_the_user_has_a_set
 @glibc_only
 def test_freed_memory_environment_spares_a_child_process_the_faults():
     """What the benchmark's PyTorch worker is started with (perf.suite): glibc takes
-    the thresholds from the environment, and PyTorch's step keeps its pages."""
+    the thresholds from the environment, and PyTorch's step keeps its pages. Against
+    glibc's default thresholds held where they start (128 KiB): glibc's own adjustment
+    of them keeps the pages in some runs and not in others, which a test cannot use."""
     pytest.importorskip("torch")
     clean = {k: v for k, v in os.environ.items() if k not in memory._USER_SETTINGS}
 
@@ -88,7 +93,7 @@ def test_freed_memory_environment_spares_a_child_process_the_faults():
 
     kept = faults(clean | memory.freed_memory_environment(clean))
     assert kept < 100
-    assert faults(clean) > 10 * kept + 500
+    assert faults(clean | {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}) > 10 * kept + 500
 
 
 def test_workspace_arrays_are_zeroed_aligned_and_disjoint():
